@@ -1,0 +1,135 @@
+"""The ``brainnet`` command line (typer). Nothing imports this module; it imports the library."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help="Simulate a society of micro language models organised like a brain.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+Sets = Annotated[
+    Optional[list[str]],  # noqa: UP045 (typer needs Optional here on py3.10)
+    typer.Option("--set", "-s", help="Override a field: --set train.lr=3e-4 (repeatable)."),
+]
+
+
+def _fail(problems: list[str] | str) -> None:
+    """Print one line per problem and exit 2 (bad input, never a traceback)."""
+    for line in [problems] if isinstance(problems, str) else problems:
+        err.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _load(scenario: str, sets: list[str] | None, **extra: object):
+    from brainnet.config import ScenarioError, load_scenario
+
+    overrides = list(sets or []) + [f"{k}={v}" for k, v in extra.items() if v is not None]
+    try:
+        return load_scenario(scenario, overrides)
+    except ScenarioError as e:
+        _fail(e.problems)
+
+
+@app.command()
+def run(
+    scenario: Annotated[
+        str, typer.Argument(help="A built-in name (see `brainnet scenarios`) or a YAML file.")
+    ],
+    sets: Sets = None,
+    device: Annotated[
+        str | None, typer.Option(help="auto, cpu or cuda (= --set device=...).")
+    ] = None,  # noqa: UP045
+    steps: Annotated[
+        int | None, typer.Option(help="Training steps (= --set train.steps=N).")
+    ] = None,  # noqa: UP045
+    seed: Annotated[Optional[int], typer.Option(help="Random seed (= --set seed=N).")] = None,  # noqa: UP045
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Parent of the run directory (default: runs/).")
+    ] = None,  # noqa: UP045
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bar or summary, for scripts.")
+    ] = False,
+) -> None:
+    """Train a scenario and write a run directory (config, metrics, events, checkpoint)."""
+    sc = _load(scenario, sets, **{"device": device, "train.steps": steps, "seed": seed})
+    from brainnet.config import ScenarioError
+    from brainnet.engine import Simulation
+
+    try:
+        sim = Simulation(sc, out_dir=out_dir)
+    except ScenarioError as e:
+        _fail(e.problems)
+    if not quiet:
+        per = ", ".join(f"{g.count} x {g.type}" for g in sc.modules)
+        n = sum(p.numel() for p in sim.banks.parameters())
+        out.print(
+            f"[bold]{sc.name}[/]: {per} ({n:,} parameters) on {sim.device}, "
+            f"corpus {sc.corpus.kind}, {sc.train.steps} steps"
+        )
+    summary = sim.run(progress=not quiet)
+    if quiet:
+        print(summary["run_dir"])
+        return
+    table = Table(show_header=False, box=None)
+    v0, v1 = summary["initial_val_loss"], summary["final_val_loss"]
+    table.add_row("val loss", f"{v0:.4f} -> {v1:.4f}  ({100 * (1 - v1 / v0):.1f} % lower)")
+    table.add_row("train loss", f"{summary['final_train_loss']:.4f}")
+    table.add_row(
+        "throughput",
+        f"{summary['tokens_per_s']:,.0f} tokens/s "
+        f"({summary['tokens_per_s'] * sim.n_modules:,.0f} module-tokens/s)",
+    )
+    table.add_row("wall time", f"{summary['wall_s']:.1f} s")
+    table.add_row("run dir", summary["run_dir"])
+    out.print(table)
+
+
+@app.command()
+def scenarios() -> None:
+    """List the built-in scenarios with a one-line description each."""
+    from brainnet.config import builtin_scenarios
+
+    table = Table("name", "description", box=None)
+    for name, desc in builtin_scenarios().items():
+        table.add_row(name, desc)
+    out.print(table)
+
+
+@app.command()
+def validate(
+    scenario: Annotated[str, typer.Argument(help="A built-in name or a YAML file.")],
+    sets: Sets = None,
+    show: Annotated[
+        bool, typer.Option(help="Print the resolved scenario (all defaults filled in).")
+    ] = False,
+) -> None:
+    """Check a scenario (and overrides) without running it; exit 2 with one line per problem."""
+    sc = _load(scenario, sets)
+    if show:
+        print(sc.to_yaml(), end="")
+    else:
+        out.print(f"[green]ok[/]: {scenario} is a valid scenario ({sc.name})")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

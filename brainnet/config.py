@@ -1,0 +1,337 @@
+"""Scenario configuration: pydantic models, YAML loading and ``--set`` overrides.
+
+A scenario is data. Every field is validated, unknown keys are errors, and every problem comes
+back as one line that names the source, the dotted field, the bad value and what is allowed::
+
+    quickstart.yaml: train.lr = -1: must be > 0
+    --set: train.lrr = 0.1: unknown field; allowed: batch_size, betas, ...
+
+Sections that later parts of the society add (society, distill, emergence) slot in beside
+``modules`` and ``train`` as further ``Strict`` models.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    WrapValidator,
+    model_validator,
+)
+
+from brainnet.registry import CORPORA, MODULE_TYPES, Registry, RegistryError
+
+
+class ScenarioError(ValueError):
+    """A scenario, override or input file is invalid. ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class Strict(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tag_unknown_fields(cls, data: Any) -> Any:
+        # extra="forbid" reports unknown keys; wrapping their values lets the error message
+        # list the fields this section allows (pydantic's own message does not).
+        if isinstance(data, dict) and any(k not in cls.model_fields for k in data):
+            allowed = ", ".join(sorted(cls.model_fields))
+            data = {
+                k: v if k in cls.model_fields else _Unknown(v, allowed) for k, v in data.items()
+            }
+        return data
+
+
+class _Unknown:
+    """The value of an unknown key, with the names its section allows."""
+
+    def __init__(self, value: Any, allowed: str) -> None:
+        self.value, self.allowed = value, allowed
+
+
+# --------------------------------------------------------------------------- pluggable sections
+
+
+class ModuleConfig(Strict):
+    """What every module type's config has. A type adds its own fields in a subclass."""
+
+    type: str = Field(description="registered module type, e.g. 'transformer'")
+    count: int = Field(8, ge=1, description="number of modules of this group")
+    message_dim: int = Field(
+        32, ge=1, description="width of the message a module emits and of memory slots it reads"
+    )
+
+
+class CorpusConfig(Strict):
+    """What every corpus config has. A corpus kind adds its own fields in a subclass."""
+
+    kind: str = Field("tasks", description="registered corpus kind: 'tasks' or 'text'")
+    block_size: int = Field(64, ge=2, le=4096, description="tokens per training sequence")
+
+
+def _by_tag(registry: Registry[Any], tag: str, default: str | None = None) -> WrapValidator:
+    """Validate a dict with the Config class of the registry entry named by ``data[tag]``."""
+
+    def validate(value: Any, handler: Any) -> Any:
+        if isinstance(value, BaseModel):
+            value = value.model_dump()
+        if not isinstance(value, dict):
+            raise ValueError(f"must be a mapping with a {tag!r} key")
+        name = value.get(tag, default)
+        if name is None:
+            raise ValueError(f"missing {tag!r}; allowed: {', '.join(registry.names())}")
+        try:
+            entry = registry.get(name)
+        except RegistryError as e:
+            raise ValueError(str(e)) from None
+        return entry.Config.model_validate({**value, tag: name})
+
+    return WrapValidator(validate)
+
+
+ModuleGroup = Annotated[SerializeAsAny[ModuleConfig], _by_tag(MODULE_TYPES, "type")]
+Corpus = Annotated[SerializeAsAny[CorpusConfig], _by_tag(CORPORA, "kind", default="tasks")]
+
+
+# --------------------------------------------------------------------------- fixed sections
+
+
+class TrainConfig(Strict):
+    steps: int = Field(300, ge=1, description="optimizer steps")
+    batch_size: int = Field(16, ge=1, description="sequences per step (every module sees them)")
+    lr: float = Field(1e-3, gt=0, le=1, description="peak learning rate")
+    min_lr: float = Field(1e-4, ge=0, le=1, description="final learning rate of the cosine")
+    warmup_steps: int = Field(50, ge=0, description="linear warm-up from 0 to lr")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW decay, applied to matrices only")
+    betas: tuple[float, float] = Field((0.9, 0.99), description="AdamW betas, each in [0, 1)")
+    grad_clip: float = Field(1.0, ge=0, description="per-module gradient-norm clip; 0 disables")
+    eval_every: int = Field(50, ge=1, description="validation every this many steps")
+    eval_batches: int = Field(8, ge=1, description="fixed validation batches per evaluation")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"@field:betas:{list(self.betas)}:each must be in [0, 1)")
+        if self.min_lr > self.lr:
+            raise ValueError(f"@field:min_lr:{self.min_lr}:must be <= lr ({self.lr})")
+        return self
+
+
+class LogConfig(Strict):
+    every: int = Field(10, ge=1, description="write a metrics row every this many steps")
+    checkpoint_every: int = Field(
+        0, ge=0, description="checkpoint every this many steps; 0 = only at the end"
+    )
+
+
+class Scenario(Strict):
+    """A whole scenario: what to simulate, on what data, for how long, where to write."""
+
+    name: str = Field("scenario", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    seed: int = Field(0, ge=0, description="seeds python, numpy, torch and the corpus")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto = bf16 autocast on CUDA, fp32 on CPU"
+    )
+    compile: bool = Field(False, description="torch.compile the training step")
+    corpus: Corpus = Field(default_factory=lambda: {"kind": "tasks"})
+    modules: list[ModuleGroup] = Field(min_length=1)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    out_dir: str = Field("runs", description="run directories go to <out_dir>/<name>-<time>/")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def builtin_scenarios() -> dict[str, str]:
+    """Name -> one-line description of the scenarios shipped with brainnet."""
+    out = {}
+    for f in sorted(resources.files("brainnet.scenarios").iterdir(), key=lambda f: f.name):
+        if f.name.endswith(".yaml"):
+            data = yaml.safe_load(f.read_text()) or {}
+            out[f.name[: -len(".yaml")]] = str(data.get("description", "")).strip()
+    return out
+
+
+def load_scenario(
+    source: str | Path | dict[str, Any],
+    overrides: dict[str, Any] | list[str] | None = None,
+) -> Scenario:
+    """Load and validate a scenario from a built-in name, a YAML file or a dict.
+
+    ``overrides`` maps dotted fields to values (``{"train.lr": 3e-4}``) or is a list of
+    ``"a.b=value"`` strings as given to ``--set`` (values parsed as YAML scalars).
+    Raises ScenarioError with one line per problem.
+    """
+    label, data = _read_source(source)
+    set_keys: set[str] = set()
+    if overrides:
+        items = overrides.items() if isinstance(overrides, dict) else _parse_sets(overrides)
+        for key, value in items:
+            _apply_override(data, key, value)
+            set_keys.add(key)
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as e:
+        raise ScenarioError(
+            [_format_error(err, label, set_keys) for err in e.errors(include_url=False)]
+        ) from None
+
+
+def _read_source(source: str | Path | dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    if isinstance(source, dict):
+        return "scenario", json.loads(json.dumps(source))  # deep copy, plain types
+    path = Path(source)
+    if not path.is_file():
+        name = str(source).removesuffix(".yaml")
+        builtins = builtin_scenarios()
+        if name not in builtins:
+            raise ScenarioError(
+                [
+                    f"scenario {str(source)!r}: no such file and no built-in of that name; "
+                    f"built-ins: {', '.join(builtins)}"
+                ]
+            )
+        return f"{name}.yaml", _parse_yaml(
+            (resources.files("brainnet.scenarios") / f"{name}.yaml").read_text(), f"{name}.yaml"
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ScenarioError([f"{path}: cannot read scenario file: {e}"]) from None
+    return path.name, _parse_yaml(text, path.name)
+
+
+def _parse_yaml(text: str, label: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ScenarioError([f"{label}: invalid YAML{where}: {problem}"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ScenarioError(
+            [
+                f"{label}: must be a mapping of fields (name, modules, train, ...), "
+                f"got a {type(data).__name__}"
+            ]
+        )
+    return data
+
+
+def _parse_sets(items: list[str]) -> list[tuple[str, Any]]:
+    out = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ScenarioError([f"--set {item!r}: expected FIELD=VALUE, e.g. train.lr=3e-4"])
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        out.append((key, value))
+    return out
+
+
+def _apply_override(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node: Any = data
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        where = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ScenarioError(
+                    [
+                        f"--set: {key} = {_show(value)}: {where!r} is not an index of a "
+                        f"list of {len(node)} (allowed: 0..{len(node) - 1})"
+                    ]
+                )
+            part = int(part)  # type: ignore[assignment]
+        elif not isinstance(node, dict):
+            raise ScenarioError(
+                [
+                    f"--set: {key} = {_show(value)}: {'.'.join(parts[:i])} is a value "
+                    f"({_show(node)}), not a section"
+                ]
+            )
+        if last:
+            node[part] = value
+        else:
+            if isinstance(node, dict) and part not in node:
+                node[part] = {}
+            node = node[part]
+
+
+_MESSAGES = {
+    "greater_than": "must be > {gt}",
+    "greater_than_equal": "must be >= {ge}",
+    "less_than": "must be < {lt}",
+    "less_than_equal": "must be <= {le}",
+    "missing": "required field is missing",
+    "too_short": "must have at least {min_length} item(s)",
+    "string_too_short": "must not be empty",
+    "string_pattern_mismatch": "must match {pattern}",
+    "literal_error": "must be one of {expected}",
+    "bool_parsing": "must be true or false",
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be an integer",
+    "float_parsing": "must be a number",
+}
+
+
+def _format_error(err: dict[str, Any], label: str, set_keys: set[str]) -> str:
+    loc = [str(p) for p in err["loc"]]
+    value: Any = err.get("input")
+    msg: str = err["msg"]
+    ctx = err.get("ctx") or {}
+    if err["type"] == "value_error":
+        msg = str(ctx.get("error", msg)).removeprefix("Value error, ")
+        if msg.startswith("@field:"):  # a model-level check that names one field
+            _, name, shown, msg = msg.split(":", 3)
+            loc, value = [*loc, name], yaml.safe_load(shown)
+    elif err["type"] == "extra_forbidden" and isinstance(value, _Unknown):
+        msg, value = f"unknown field; allowed: {value.allowed}", value.value
+    elif err["type"] in _MESSAGES:
+        msg = _MESSAGES[err["type"]].format(**{k: _show_ctx(v) for k, v in ctx.items()})
+    else:
+        msg = msg[:1].lower() + msg[1:]
+    field = ".".join(loc) or "<top>"
+    src = "--set" if field in set_keys else label
+    return f"{src}: {field} = {_show(value)}: {msg}"
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{...}"
+    if isinstance(value, str):
+        return repr(value)
+    return json.dumps(value) if isinstance(value, (list, bool, type(None))) else str(value)
+
+
+def _show_ctx(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,53 @@
+"""Optimiser, learning-rate schedule and per-module gradient clipping for stacked banks."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from brainnet.config import TrainConfig
+from brainnet.modules.bank import Bank
+
+
+def build_optimizer(banks: list[Bank], cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """One AdamW over every bank's stacked parameters: fused on CUDA, foreach on CPU.
+
+    Decay applies to matrices only. Because each module's rows are separate elements of the
+    stacked tensors, AdamW's element-wise update is exactly a per-module AdamW.
+    """
+    groups = [g for bank in banks for g in bank.param_groups(cfg.weight_decay) if g["params"]]
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(
+        groups, lr=cfg.lr, betas=cfg.betas, fused=fused or None, foreach=None if fused else True
+    )
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to ``lr`` over ``warmup_steps``, then cosine to ``min_lr`` at ``steps``
+    (nanoGPT's schedule with lr_decay_iters = steps)."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / (cfg.warmup_steps + 1)
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    ratio = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - cfg.min_lr)
+
+
+@torch.no_grad()
+def clip_per_module(bank: Bank, max_norm: float) -> Tensor:
+    """Clip each module's gradient to ``max_norm`` on its own (a global clip would couple modules).
+
+    Returns the per-module gradient norms before clipping, [M] (no host sync).
+    """
+    grads = [p.grad for p in bank.parameters() if p.grad is not None]
+    M = bank.n_modules
+    if not grads:
+        return torch.zeros(M)
+    sq = torch.stack([g.reshape(M, -1).float().pow(2).sum(1) for g in grads]).sum(0)  # [M]
+    norms = sq.sqrt()
+    if max_norm > 0:
+        scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)  # [M]
+        for g in grads:
+            g.mul_(scale.view(M, *([1] * (g.dim() - 1))).to(g.dtype))
+    return norms

@@ -1,0 +1,375 @@
+"""The tiny transformer LM, nanoGPT-shaped, as a bank of stacked modules.
+
+One module = token + position embeddings, ``n_layer`` pre-LN blocks (causal self-attention via
+``scaled_dot_product_attention``, GELU MLP), a final LayerNorm, an LM head (tied to the token
+embedding or not), plus two small society heads: a *message* (a summary of the sequence that
+mates and the blackboard read) and a *salience* (a scalar bid to be heard).
+
+Memory as a prefix: ``memory [M, B, P, Dm]`` is projected to width D and prepended as P extra
+positions. Every token attends to all memory positions and causally to earlier tokens; memory
+positions attend to each other only. Logits and messages come from the token positions.
+
+``TinyLM`` is the same computation for ONE module with plain nn.Linear layers: the reference
+that tests check the bank against, and the naive per-module loop in the benchmark.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import Tensor, nn
+
+from brainnet.config import ModuleConfig
+from brainnet.modules.bank import Bank, BankOutput, bank_layer_norm, bmm_linear, pick
+from brainnet.registry import MODULE_TYPES
+
+
+class TransformerConfig(ModuleConfig):
+    type: Literal["transformer"] = "transformer"
+    n_layer: int = Field(2, ge=1, le=64, description="transformer blocks")
+    n_head: int = Field(2, ge=1, le=64, description="attention heads; must divide d_model")
+    d_model: int = Field(64, ge=1, le=8192, description="residual width")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on attention and residuals")
+    bias: bool = Field(True, description="biases in linears and LayerNorms (nanoGPT: False)")
+    tie_weights: bool = Field(True, description="LM head shares the token embedding")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TransformerConfig:
+        if self.d_model % self.n_head:
+            raise ValueError(f"@field:n_head:{self.n_head}:must divide d_model ({self.d_model})")
+        return self
+
+
+@MODULE_TYPES.register("transformer")
+class TransformerBank(Bank):
+    """``count`` tiny transformer LMs, parameters stacked as [M, ...] (layers as [M, L, ...])."""
+
+    Config = TransformerConfig
+    matrix_names = frozenset(
+        {"wte", "wpe", "attn_w", "proj_w", "fc_w", "fc2_w", "head_w", "mem_w", "msg_w"}
+    )
+    embedding_names = ("wpe",)
+    #: every stacked parameter; optional ones (biases, untied head) may be None
+    param_names = (
+        "wte",
+        "wpe",
+        "mem_w",
+        "mem_b",
+        "ln1_w",
+        "ln1_b",
+        "attn_w",
+        "attn_b",
+        "proj_w",
+        "proj_b",
+        "ln2_w",
+        "ln2_b",
+        "fc_w",
+        "fc_b",
+        "fc2_w",
+        "fc2_b",
+        "lnf_w",
+        "lnf_b",
+        "head_w",
+        "msg_w",
+        "msg_b",
+        "sal_w",
+        "sal_b",
+    )
+
+    def __init__(self, cfg: TransformerConfig, vocab_size: int, block_size: int) -> None:
+        super().__init__(cfg, vocab_size, block_size)
+        M, L, D, V, T, Dm = (
+            cfg.count,
+            cfg.n_layer,
+            cfg.d_model,
+            vocab_size,
+            block_size,
+            cfg.message_dim,
+        )
+        F4 = 4 * D
+
+        def p(*shape: int) -> nn.Parameter:
+            return nn.Parameter(torch.empty(M, *shape))
+
+        def maybe(*shape: int) -> nn.Parameter | None:
+            return p(*shape) if cfg.bias else None
+
+        self.wte = p(V, D)  # token embedding
+        self.wpe = p(T, D)  # position embedding
+        self.mem_w, self.mem_b = p(Dm, D), maybe(D)  # memory vector -> prefix position
+        self.ln1_w, self.ln1_b = p(L, D), maybe(L, D)
+        self.attn_w, self.attn_b = p(L, D, 3 * D), maybe(L, 3 * D)  # q, k, v
+        self.proj_w, self.proj_b = p(L, D, D), maybe(L, D)
+        self.ln2_w, self.ln2_b = p(L, D), maybe(L, D)
+        self.fc_w, self.fc_b = p(L, D, F4), maybe(L, F4)
+        self.fc2_w, self.fc2_b = p(L, F4, D), maybe(L, D)
+        self.lnf_w, self.lnf_b = p(D), maybe(D)
+        self.head_w = None if cfg.tie_weights else p(D, V)
+        self.msg_w, self.msg_b = p(D, Dm), p(Dm)  # pooled hidden -> message
+        self.sal_w, self.sal_b = p(D), p(1)  # pooled hidden -> salience
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """nanoGPT init: N(0, 0.02), residual projections N(0, 0.02/sqrt(2L)), norms 1, biases 0."""
+        resid_std = 0.02 / math.sqrt(2 * self.cfg.n_layer)
+        for name, p in self.named_parameters():
+            if name in ("proj_w", "fc2_w"):
+                nn.init.normal_(p, 0.0, resid_std)
+            elif name in self.matrix_names or name == "sal_w":
+                nn.init.normal_(p, 0.0, 0.02)
+            elif name.startswith("ln") and name.endswith("_w"):
+                nn.init.ones_(p)
+            else:
+                nn.init.zeros_(p)
+
+    def forward(
+        self, tokens: Tensor, memory: Tensor | None = None, idx: Tensor | None = None
+    ) -> BankOutput:
+        cfg = self.cfg
+        M, B, T = tokens.shape
+        D, H, L = cfg.d_model, cfg.n_head, cfg.n_layer
+        hd = D // H
+        if T > self.block_size:
+            raise ValueError(f"sequence length {T} > block_size {self.block_size}")
+        w = {name: pick(getattr(self, name), idx) for name in self.param_names}  # each [M, ...]
+
+        # embeddings: gather each module's own table rows
+        flat = tokens.reshape(M, B * T)  # [M, B*T]
+        tok = torch.gather(w["wte"], 1, flat.unsqueeze(-1).expand(M, B * T, D))  # [M, B*T, D]
+        x = tok.view(M, B, T, D) + w["wpe"][:, None, :T, :]  # [M, B, T, D]
+        P = 0
+        if memory is not None:
+            P = memory.shape[2]
+            mem = bmm_linear(memory.to(x.dtype), w["mem_w"], w["mem_b"])  # [M, B, P, D]
+            x = torch.cat([mem, x], dim=2)  # [M, B, P+T, D]
+        x = F.dropout(x, cfg.dropout, self.training)
+        S = P + T
+        mask = None if P == 0 else _prefix_causal_mask(P, T, x.device)  # [S, S] bool
+
+        for l in range(L):
+            # attention: x [M, B, S, D] -> qkv [M, B, S, 3D] -> q, k, v [M*B, H, S, hd]
+            h = bank_layer_norm(x, w["ln1_w"][:, l], _at(w["ln1_b"], l))
+            qkv = bmm_linear(h, w["attn_w"][:, l], _at(w["attn_b"], l))
+            q, k, v = qkv.view(M * B, S, 3, H, hd).permute(2, 0, 3, 1, 4)
+            a = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                is_causal=mask is None,
+                dropout_p=cfg.dropout if self.training else 0.0,
+            )  # [M*B, H, S, hd]
+            a = a.transpose(1, 2).reshape(M, B, S, D)
+            x = x + F.dropout(
+                bmm_linear(a, w["proj_w"][:, l], _at(w["proj_b"], l)), cfg.dropout, self.training
+            )
+            # MLP
+            h = bank_layer_norm(x, w["ln2_w"][:, l], _at(w["ln2_b"], l))
+            h = F.gelu(bmm_linear(h, w["fc_w"][:, l], _at(w["fc_b"], l)))
+            x = x + F.dropout(
+                bmm_linear(h, w["fc2_w"][:, l], _at(w["fc2_b"], l)), cfg.dropout, self.training
+            )
+
+        x = bank_layer_norm(x[:, :, P:], w["lnf_w"], w["lnf_b"])  # token positions [M, B, T, D]
+        head = w["wte"].transpose(1, 2) if w["head_w"] is None else w["head_w"]  # [M, D, V]
+        logits = bmm_linear(x, head, None)  # [M, B, T, V]
+        pooled = x.mean(dim=2)  # [M, B, D]
+        message = bmm_linear(pooled, w["msg_w"], w["msg_b"])  # [M, B, Dm]
+        salience = bmm_linear(pooled, w["sal_w"].unsqueeze(-1), w["sal_b"]).squeeze(-1)  # [M, B]
+        return BankOutput(logits, message, salience)
+
+    def export(self, m: int) -> TinyLM:
+        """A standalone copy of module ``m`` (same numbers, ordinary nn.Linear layers)."""
+        lm = TinyLM(self.cfg, self.vocab_size, self.block_size)
+        lm.load_bank_row(self, m)
+        return lm
+
+
+def _at(p: Tensor | None, layer: int) -> Tensor | None:
+    return None if p is None else p[:, layer]
+
+
+def _prefix_causal_mask(P: int, T: int, device: torch.device) -> Tensor:
+    """[P+T, P+T] bool, True = may attend: tokens see all memory and earlier tokens;
+    memory sees memory only."""
+    S = P + T
+    mask = torch.ones(S, S, dtype=torch.bool, device=device).tril_()
+    mask[:, :P] = True
+    mask[:P, P:] = False
+    return mask
+
+
+# --------------------------------------------------------------------------- one module
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        D, b = cfg.d_model, cfg.bias
+        self.ln1 = nn.LayerNorm(D, bias=b)
+        self.attn = nn.Linear(D, 3 * D, bias=b)
+        self.proj = nn.Linear(D, D, bias=b)
+        self.ln2 = nn.LayerNorm(D, bias=b)
+        self.fc = nn.Linear(D, 4 * D, bias=b)
+        self.fc2 = nn.Linear(4 * D, D, bias=b)
+        self.n_head, self.dropout = cfg.n_head, cfg.dropout
+
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        B, S, D = x.shape
+        q, k, v = (
+            self.attn(self.ln1(x))
+            .view(B, S, 3, self.n_head, D // self.n_head)
+            .permute(2, 0, 3, 1, 4)
+        )
+        p = self.dropout if self.training else 0.0
+        a = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=p
+        )
+        x = x + F.dropout(
+            self.proj(a.transpose(1, 2).reshape(B, S, D)), self.dropout, self.training
+        )
+        return x + F.dropout(self.fc2(F.gelu(self.fc(self.ln2(x)))), self.dropout, self.training)
+
+
+class TinyLM(nn.Module):
+    """One transformer module, written the ordinary way (reference and naive-loop baseline)."""
+
+    def __init__(self, cfg: TransformerConfig, vocab_size: int, block_size: int) -> None:
+        super().__init__()
+        D, Dm = cfg.d_model, cfg.message_dim
+        self.cfg = cfg
+        self.wte = nn.Embedding(vocab_size, D)
+        self.wpe = nn.Embedding(block_size, D)
+        self.mem = nn.Linear(Dm, D, bias=cfg.bias)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.lnf = nn.LayerNorm(D, bias=cfg.bias)
+        self.head = None if cfg.tie_weights else nn.Linear(D, vocab_size, bias=False)
+        self.msg = nn.Linear(D, Dm)
+        self.sal = nn.Linear(D, 1)
+
+    def forward(
+        self, tokens: Tensor, memory: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """tokens [B, T], memory [B, P, Dm] | None
+        -> logits [B, T, V], message [B, Dm], salience [B]."""
+        B, T = tokens.shape
+        x = self.wte(tokens) + self.wpe.weight[:T]
+        P = 0 if memory is None else memory.shape[1]
+        if memory is not None:
+            x = torch.cat([self.mem(memory), x], dim=1)
+        x = F.dropout(x, self.cfg.dropout, self.training)
+        mask = None if P == 0 else _prefix_causal_mask(P, T, x.device)
+        for block in self.blocks:
+            x = block(x, mask)
+        x = self.lnf(x[:, P:])
+        logits = x @ self.wte.weight.T if self.head is None else self.head(x)
+        pooled = x.mean(dim=1)
+        return logits, self.msg(pooled), self.sal(pooled).squeeze(-1)
+
+    @torch.no_grad()
+    def load_bank_row(self, bank: TransformerBank, m: int) -> None:
+        """Copy module ``m`` of ``bank`` into this model."""
+        for name, params in _bank_row(self).items():
+            src = getattr(bank, name)
+            if params is None or src is None:
+                continue
+            rows = src[m] if name in _LAYERED else src[m].unsqueeze(0)  # [L or 1, ...]
+            for p, row in zip(params, rows, strict=True):
+                p.copy_(_bank_to_linear(name, row))
+
+    def bank_grads(self) -> dict[str, Tensor | None]:
+        """Gradients laid out like one row of a TransformerBank (to compare against the bank)."""
+        out: dict[str, Tensor | None] = {}
+        for name, params in _bank_row(self).items():
+            if params is None or any(p.grad is None for p in params):
+                out[name] = None
+                continue
+            g = torch.stack([_linear_to_bank(name, p.grad) for p in params])
+            out[name] = g if name in _LAYERED else g[0]
+        return out
+
+
+# Mapping between the bank's stacked names and TinyLM's modules. Linear weights are [out, in]
+# in nn.Linear and [in, out] in the bank (so that x @ w needs no transpose).
+_LAYERED = {
+    "ln1_w",
+    "ln1_b",
+    "attn_w",
+    "attn_b",
+    "proj_w",
+    "proj_b",
+    "ln2_w",
+    "ln2_b",
+    "fc_w",
+    "fc_b",
+    "fc2_w",
+    "fc2_b",
+}
+_TRANSPOSED = {"mem_w", "attn_w", "proj_w", "fc_w", "fc2_w", "head_w", "msg_w"}
+
+
+def _layer(attr: str, field: str):
+    return lambda lm: [getattr(getattr(b, attr), field) for b in lm.blocks]
+
+
+def _one(path: str):
+    def get(lm: TinyLM):
+        obj = lm
+        for part in path.split("."):
+            obj = getattr(obj, part) if obj is not None else None
+        return None if obj is None else [obj]
+
+    return get
+
+
+_BANK_GETTERS = {
+    "wte": _one("wte.weight"),
+    "wpe": _one("wpe.weight"),
+    "mem_w": _one("mem.weight"),
+    "mem_b": _one("mem.bias"),
+    "ln1_w": _layer("ln1", "weight"),
+    "ln1_b": _layer("ln1", "bias"),
+    "attn_w": _layer("attn", "weight"),
+    "attn_b": _layer("attn", "bias"),
+    "proj_w": _layer("proj", "weight"),
+    "proj_b": _layer("proj", "bias"),
+    "ln2_w": _layer("ln2", "weight"),
+    "ln2_b": _layer("ln2", "bias"),
+    "fc_w": _layer("fc", "weight"),
+    "fc_b": _layer("fc", "bias"),
+    "fc2_w": _layer("fc2", "weight"),
+    "fc2_b": _layer("fc2", "bias"),
+    "lnf_w": _one("lnf.weight"),
+    "lnf_b": _one("lnf.bias"),
+    "head_w": _one("head.weight"),
+    "msg_w": _one("msg.weight"),
+    "msg_b": _one("msg.bias"),
+    "sal_w": _one("sal.weight"),
+    "sal_b": _one("sal.bias"),
+}
+
+
+def _bank_row(lm: TinyLM) -> dict[str, list[Tensor] | None]:
+    """Bank parameter name -> this model's tensors for it (one per layer for layered names)."""
+    out = {}
+    for name, get in _BANK_GETTERS.items():
+        ps = get(lm)
+        out[name] = None if ps is None or any(p is None for p in ps) else ps
+    return out
+
+
+def _bank_to_linear(name: str, t: Tensor) -> Tensor:
+    if name == "sal_w":
+        return t.unsqueeze(0)  # [D] -> [1, D]
+    return t.transpose(-1, -2) if name in _TRANSPOSED else t
+
+
+def _linear_to_bank(name: str, t: Tensor) -> Tensor:
+    if name == "sal_w":
+        return t.squeeze(0)
+    return t.transpose(-1, -2) if name in _TRANSPOSED else t
