@@ -98,7 +98,7 @@ def _by_tag(registry: Registry[Any], tag: str, default: str | None = None) -> Wr
         try:
             entry = registry.get(name)
         except RegistryError as e:
-            raise ValueError(str(e)) from None
+            raise ValueError(f"@field:{tag}:{json.dumps(name)}:{e}") from None
         return entry.Config.model_validate({**value, tag: name})
 
     return WrapValidator(validate)
@@ -150,7 +150,7 @@ class Scenario(Strict):
         "auto", description="auto = bf16 autocast on CUDA, fp32 on CPU"
     )
     compile: bool = Field(False, description="torch.compile the training step")
-    corpus: Corpus = Field(default_factory=lambda: {"kind": "tasks"})
+    corpus: Corpus = Field(default_factory=lambda: {"kind": "tasks"}, validate_default=True)
     modules: list[ModuleGroup] = Field(min_length=1)
     train: TrainConfig = Field(default_factory=TrainConfig)
     log: LogConfig = Field(default_factory=LogConfig)
@@ -299,6 +299,10 @@ _MESSAGES = {
     "literal_error": "must be one of {expected}",
     "bool_parsing": "must be true or false",
     "int_parsing": "must be an integer",
+    "int_type": "must be an integer",
+    "float_type": "must be a number",
+    "dict_type": "must be a section (a mapping of fields)",
+    "list_type": "must be a list",
     "int_from_float": "must be an integer",
     "float_parsing": "must be a number",
 }
@@ -321,13 +325,18 @@ def _format_error(err: dict[str, Any], label: str, set_keys: set[str]) -> str:
     else:
         msg = msg[:1].lower() + msg[1:]
     field = ".".join(loc) or "<top>"
-    src = "--set" if field in set_keys else label
+    src = "--set" if _overridden(field, set_keys) else label
     return f"{src}: {field} = {_show(value)}: {msg}"
+
+
+def _overridden(field: str, set_keys: set[str]) -> bool:
+    return any(k == field or k.startswith(field + ".") or field.startswith(k + ".") for k in set_keys)
 
 
 def _show(value: Any) -> str:
     if isinstance(value, dict):
-        return "{...}"
+        text = json.dumps(value, default=str)
+        return text if len(text) <= 60 else "{...}"
     if isinstance(value, str):
         return repr(value)
     return json.dumps(value) if isinstance(value, (list, bool, type(None))) else str(value)
