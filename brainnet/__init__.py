@@ -1,6 +1,15 @@
-"""brainnet: a society of micro language models organised like a brain."""
+"""brainnet: a society of micro language models organised like a brain.
+
+import brainnet
+sc = brainnet.load_scenario("quickstart", overrides={"train.steps": 100})
+sim = brainnet.Simulation(sc)
+sim.run()
+run = brainnet.open_run(sim.run_dir)
+"""
 
 from brainnet.config import ModuleConfig, Scenario, ScenarioError, builtin_scenarios, load_scenario
+from brainnet.engine import Simulation
+from brainnet.metrics import open_run
 from brainnet.modules import MODULE_TYPES, Bank, BankOutput
 from brainnet.registry import CORPORA, Registry
 
@@ -15,7 +24,9 @@ __all__ = [
     "Registry",
     "Scenario",
     "ScenarioError",
+    "Simulation",
     "builtin_scenarios",
     "load_scenario",
+    "open_run",
     "__version__",
 ]

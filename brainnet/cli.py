@@ -28,7 +28,8 @@ Sets = Annotated[
 def _fail(problems: list[str] | str) -> None:
     """Print one line per problem and exit 2 (bad input, never a traceback)."""
     for line in [problems] if isinstance(problems, str) else problems:
-        err.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
+        err.print("[bold red]error:[/] ", end="")
+        err.print(line, markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 

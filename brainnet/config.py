@@ -330,7 +330,10 @@ def _format_error(err: dict[str, Any], label: str, set_keys: set[str]) -> str:
 
 
 def _overridden(field: str, set_keys: set[str]) -> bool:
-    return any(k == field or k.startswith(field + ".") or field.startswith(k + ".") for k in set_keys)
+    """Was ``field`` (or a section above or below it) set by an override?"""
+    return any(
+        k == field or k.startswith(f"{field}.") or field.startswith(f"{k}.") for k in set_keys
+    )
 
 
 def _show(value: Any) -> str:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from brainnet.config import CorpusConfig
 from brainnet.data.base import Batch, Corpus, Split
@@ -55,6 +56,18 @@ class TextCorpus(Corpus):
             resolve_text_path(v)
             return v
 
+        @model_validator(mode="after")
+        def _long_enough(self) -> TextCorpus.Config:
+            n = len(resolve_text_path(self.path).read_text(encoding="utf-8"))
+            n_train = int(n * (1 - self.val_fraction))
+            for split, size in (("train", n_train), ("val", n - n_train)):
+                if size < self.block_size + 1:
+                    raise ValueError(
+                        f"@field:path:{json.dumps(self.path)}:the {split} split has {size} "
+                        f"characters; allowed: at least block_size + 1 = {self.block_size + 1}"
+                    )
+            return self
+
     def __init__(self, cfg: Config) -> None:
         text = resolve_text_path(cfg.path).read_text(encoding="utf-8")
         chars = sorted(set(text))
@@ -67,13 +80,7 @@ class TextCorpus(Corpus):
             [self.stoi[c] for c in text], dtype=torch.int16 if len(chars) < 2**15 else torch.int32
         )
         n = int(len(data) * (1 - cfg.val_fraction))
-        self.splits = {"train": data[:n], "val": data[n:]}
-        for split, d in self.splits.items():
-            if len(d) <= cfg.block_size + 1:
-                raise ValueError(
-                    f"corpus.path = {cfg.path!r}: the {split} split has {len(d)} characters, "
-                    f"fewer than block_size + 2 = {cfg.block_size + 2}"
-                )
+        self.splits = {"train": data[:n], "val": data[n:]}  # each >= block_size + 1 (Config)
 
     @classmethod
     def build(cls, cfg: Config, seed: int) -> TextCorpus:
@@ -82,7 +89,7 @@ class TextCorpus(Corpus):
     def batch(self, split: Split, batch_size: int, generator: torch.Generator) -> Batch:
         data = self.splits[split]
         T = self.block_size
-        ix = torch.randint(len(data) - T - 1, (batch_size,), generator=generator)
+        ix = torch.randint(len(data) - T, (batch_size,), generator=generator)  # x = data[i : i+T]
         offsets = ix[:, None] + torch.arange(T + 1)  # [B, T+1]
         seq = data[offsets].long()
         return Batch(seq[:, :-1], seq[:, 1:], torch.zeros(batch_size, dtype=torch.long))

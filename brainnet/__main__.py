@@ -1,0 +1,5 @@
+"""``python -m brainnet`` is the ``brainnet`` command."""
+
+from brainnet.cli import main
+
+main()
