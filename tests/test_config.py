@@ -120,3 +120,34 @@ def test_registry_rejects_duplicates_and_bad_plugins():
     with pytest.raises(RegistryError, match="must be a subclass of brainnet.Bank"):
         MODULE_TYPES.add("not_a_bank", object)
     assert "not_a_bank" not in MODULE_TYPES
+
+
+def test_entry_point_plugins_are_loaded_and_checked(monkeypatch):
+    """A third-party module type arrives through the `brainnet.modules` entry-point group."""
+    import brainnet.registry as registry
+    from brainnet.modules.tiny_lm import TransformerBank
+
+    class PluginBank(TransformerBank):
+        class Config(TransformerConfig):
+            type: str = "plugin_lm"
+
+    class FakeEntryPoint:
+        def __init__(self, name, obj):
+            self.name, self.value, self.obj = name, f"pkg:{name}", obj
+
+        def load(self):
+            if isinstance(self.obj, Exception):
+                raise self.obj
+            return self.obj
+
+    def fresh(eps):
+        monkeypatch.setattr(registry, "entry_points", lambda group: eps)
+        return Registry("module type", builtins="brainnet.modules",
+                        entry_point_group="brainnet.modules", check=registry._check_module_type)
+
+    reg = fresh([FakeEntryPoint("plugin_lm", PluginBank)])
+    assert reg.names() == ["plugin_lm"] and reg.get("plugin_lm") is PluginBank
+    with pytest.raises(RegistryError, match="must be a subclass of brainnet.Bank"):
+        fresh([FakeEntryPoint("bad", dict)]).names()
+    with pytest.raises(RegistryError, match="entry point 'broken' = 'pkg:broken' .* failed to load"):
+        fresh([FakeEntryPoint("broken", ImportError("no module named x"))]).names()
