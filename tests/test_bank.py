@@ -6,7 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from brainnet.modules.bank import bank_layer_norm, bmm_linear, module_cross_entropy
+from brainnet.modules.bank import (
+    attend_with_memory,
+    bank_layer_norm,
+    bmm_linear,
+    module_cross_entropy,
+)
 from brainnet.modules.tiny_lm import TinyLM, TransformerBank, TransformerConfig
 
 V, T, B, P, DM = 13, 12, 3, 4, 8
@@ -37,13 +42,14 @@ def test_bank_equals_per_module_models(bias, tie, with_memory, subset):
     g = torch.Generator().manual_seed(1)
     tokens = torch.randint(0, V, (M, B, T), generator=g)
     y = torch.randint(0, V, (M, B, T), generator=g)
-    memory = torch.randn(M, B, P, DM, generator=g) if with_memory else None
-    proj = torch.randn(M, B, DM, generator=g)
+    memory = torch.randn(M, B, T, P, DM, generator=g) if with_memory else None
+    mask = torch.rand(M, B, T, P, generator=g) > 0.3 if with_memory else None
+    proj = torch.randn(M, B, T, DM, generator=g)
 
-    out = bank(tokens, memory, idx)
+    out = bank(tokens, memory, mask, idx=idx)
     assert out.logits.shape == (M, B, T, V)
-    assert out.message.shape == (M, B, DM)
-    assert out.salience.shape == (M, B)
+    assert out.message.shape == (M, B, T, DM)
+    assert out.salience.shape == (M, B, T)
     loss = sum(
         per_module_loss(out.logits[i], out.message[i], out.salience[i], y[i], proj[i])
         for i in range(M)
@@ -53,7 +59,9 @@ def test_bank_equals_per_module_models(bias, tie, with_memory, subset):
     for i, m in enumerate(ids):
         ref = bank.export(m)
         assert isinstance(ref, TinyLM)
-        r_logits, r_msg, r_sal = ref(tokens[i], None if memory is None else memory[i])
+        r_logits, r_msg, r_sal = ref(
+            tokens[i], None if memory is None else memory[i], None if mask is None else mask[i]
+        )
         torch.testing.assert_close(out.logits[i], r_logits, **TOL)
         torch.testing.assert_close(out.message[i], r_msg, **TOL)
         torch.testing.assert_close(out.salience[i], r_sal, **TOL)
@@ -75,19 +83,47 @@ def test_bank_equals_per_module_models(bias, tie, with_memory, subset):
             assert p.grad[untouched].abs().max() == 0, f"{name}: unselected module got a gradient"
 
 
-def test_memory_changes_outputs_and_is_not_causally_masked():
-    """Memory is a prefix every token attends to: changing it changes the first token's logits."""
+def test_memory_is_read_per_position_and_stays_causal():
+    """Memory at position t reaches positions >= t only; an empty (masked) slot is ignored."""
     bank = make_bank(M=2).eval()
     tokens = torch.randint(0, V, (2, B, T))
-    mem = torch.randn(2, B, P, DM)
+    mem = torch.randn(2, B, T, P, DM)
     a = bank(tokens, mem).logits
-    b = bank(tokens, mem + 1.0).logits
-    assert (a[:, :, 0] - b[:, :, 0]).abs().max() > 1e-4
-    # and a token never sees the future: changing the last token leaves earlier logits unchanged
+    t = 5
+    mem2 = mem.clone()
+    mem2[:, :, t] += 1.0
+    b = bank(tokens, mem2).logits
+    torch.testing.assert_close(a[:, :, :t], b[:, :, :t])  # the past is unaffected
+    assert (a[:, :, t] - b[:, :, t]).abs().max() > 1e-4  # position t reads its memory
+    # a masked slot: its content does not matter
+    mask = torch.ones(2, B, T, P, dtype=torch.bool)
+    mask[..., 0] = False
+    mem3 = mem.clone()
+    mem3[..., 0, :] = 100.0
+    torch.testing.assert_close(bank(tokens, mem, mask).logits, bank(tokens, mem3, mask).logits)
+    # all slots masked == no memory at all
+    none = torch.zeros(2, B, T, P, dtype=torch.bool)
+    torch.testing.assert_close(bank(tokens, mem, none).logits, bank(tokens).logits, **TOL)
+    # a token never sees the future
     t2 = tokens.clone()
     t2[:, :, -1] = (t2[:, :, -1] + 1) % V
-    c = bank(t2, mem).logits
-    torch.testing.assert_close(a[:, :, :-1], c[:, :, :-1])
+    torch.testing.assert_close(a[:, :, :-1], bank(t2, mem).logits[:, :, :-1])
+
+
+def test_attend_with_memory_equals_per_query_softmax():
+    g = torch.Generator().manual_seed(2)
+    Z, H, T_, P_, hd = 2, 3, 5, 4, 6
+    q, k, v = (torch.randn(Z, H, T_, hd, generator=g) for _ in range(3))
+    km, vm = (torch.randn(Z, H, T_, P_, hd, generator=g) for _ in range(2))
+    mask = torch.rand(Z, H, T_, P_, generator=g) > 0.4
+    out = attend_with_memory(q, k, v, km, vm, mask, 0.0)
+    for z in range(Z):
+        for h in range(H):
+            for t in range(T_):
+                keys = torch.cat([k[z, h, : t + 1], km[z, h, t][mask[z, h, t]]])
+                vals = torch.cat([v[z, h, : t + 1], vm[z, h, t][mask[z, h, t]]])
+                w = (keys @ q[z, h, t] / hd**0.5).softmax(0)
+                torch.testing.assert_close(out[z, h, t], w @ vals, **TOL)
 
 
 def test_modules_are_initialised_differently_and_counted():

@@ -1,6 +1,7 @@
 """Module types. Each type is a Bank (stacked parameters, one batched call for all modules)."""
 
 from brainnet.modules.bank import Bank, BankOutput
+from brainnet.modules.recurrent_lm import RecurrentBank, RecurrentConfig, TinyGRU
 from brainnet.modules.tiny_lm import TinyLM, TransformerBank, TransformerConfig
 from brainnet.registry import MODULE_TYPES
 
@@ -8,6 +9,9 @@ __all__ = [
     "MODULE_TYPES",
     "Bank",
     "BankOutput",
+    "RecurrentBank",
+    "RecurrentConfig",
+    "TinyGRU",
     "TinyLM",
     "TransformerBank",
     "TransformerConfig",

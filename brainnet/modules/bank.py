@@ -28,8 +28,8 @@ from brainnet.config import ModuleConfig
 
 class BankOutput(NamedTuple):
     logits: Tensor  # [M, B, T, V]
-    message: Tensor  # [M, B, Dm]  a summary vector each module emits about each sequence
-    salience: Tensor  # [M, B]     how much each module wants to be heard about each sequence
+    message: Tensor  # [M, B, T, Dm]  what each module says at each position (causal)
+    salience: Tensor  # [M, B, T]     how much it wants to be heard there (a raw score)
 
 
 class Bank(nn.Module):
@@ -55,13 +55,19 @@ class Bank(nn.Module):
         return next(iter(self.parameters())).shape[0]
 
     def forward(
-        self, tokens: Tensor, memory: Tensor | None = None, idx: Tensor | None = None
+        self,
+        tokens: Tensor,
+        memory: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+        idx: Tensor | None = None,
     ) -> BankOutput:
         """Run modules ``idx`` (all when None) on their own token batches.
 
         tokens: [M', B, T] long, M' = len(idx) or n_modules
-        memory: [M', B, P, Dm] or None; P memory vectors (blackboard slots, mates' messages)
-            that every token may attend to as a prefix
+        memory: [M', B, T, P, Dm] or None; P memory vectors per position (blackboard slots,
+            mates' messages) that the token at that position may read. The society builds them
+            from tokens <= t only, so reading them keeps the LM causal.
+        memory_mask: [M', B, T, P] bool or None; False marks an empty slot (not attended).
         """
         raise NotImplementedError
 
@@ -107,6 +113,28 @@ def bank_layer_norm(x: Tensor, w: Tensor, b: Tensor | None, eps: float = 1e-5) -
     shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)
     y = F.layer_norm(x, x.shape[-1:], eps=eps) * w.view(shape)
     return y if b is None else y + b.view(shape)
+
+
+def attend_with_memory(
+    q: Tensor, k: Tensor, v: Tensor, km: Tensor, vm: Tensor, mask: Tensor | None, dropout_p: float
+) -> Tensor:
+    """Causal self-attention where each query also sees its own memory vectors.
+
+    q, k, v [Z, H, T, hd]; km, vm [Z, H, T, P, hd] (position t's memory); mask broadcastable to
+    [Z, H, T, P] bool (False = empty slot) or None -> [Z, H, T, hd].
+    One softmax over the T causal keys and the P memory keys of each query.
+    """
+    T, hd = q.shape[-2], q.shape[-1]
+    scale = 1.0 / hd**0.5
+    self_scores = (q @ k.transpose(-1, -2)) * scale  # [Z, H, T, T]
+    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+    self_scores = self_scores.masked_fill(~causal, float("-inf"))
+    mem_scores = torch.einsum("zhtd,zhtpd->zhtp", q, km) * scale  # [Z, H, T, P]
+    if mask is not None:
+        mem_scores = mem_scores.masked_fill(~mask, float("-inf"))
+    att = torch.cat([self_scores, mem_scores], dim=-1).softmax(dim=-1)  # [Z, H, T, T+P]
+    att = F.dropout(att, dropout_p, dropout_p > 0)
+    return att[..., :T] @ v + torch.einsum("zhtp,zhtpd->zhtd", att[..., T:], vm)
 
 
 def module_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:

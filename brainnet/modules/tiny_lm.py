@@ -2,12 +2,15 @@
 
 One module = token + position embeddings, ``n_layer`` pre-LN blocks (causal self-attention via
 ``scaled_dot_product_attention``, GELU MLP), a final LayerNorm, an LM head (tied to the token
-embedding or not), plus two small society heads: a *message* (a summary of the sequence that
-mates and the blackboard read) and a *salience* (a scalar bid to be heard).
+embedding or not), plus two small society heads read off the final hidden state of every
+position: a *message* (what mates and the blackboard hear) and a *salience* (a scalar bid to be
+heard). Both are causal: the message at position t depends on tokens <= t only.
 
-Memory as a prefix: ``memory [M, B, P, Dm]`` is projected to width D and prepended as P extra
-positions. Every token attends to all memory positions and causally to earlier tokens; memory
-positions attend to each other only. Logits and messages come from the token positions.
+Memory as a per-position prefix: ``memory [M, B, T, P, Dm]`` holds P vectors for every position
+(blackboard slots, mates' messages, all computed from tokens <= t by the society). They are
+projected to width D and, in every layer, token t attends to its own P memory vectors (keys and
+values from that layer's projections, the memory itself not updated) besides the causal
+self-attention over tokens <= t. ``memory_mask [M, B, T, P]`` marks empty slots.
 
 ``TinyLM`` is the same computation for ONE module with plain nn.Linear layers: the reference
 that tests check the bank against, and the naive per-module loop in the benchmark.
@@ -24,7 +27,14 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from brainnet.config import ModuleConfig
-from brainnet.modules.bank import Bank, BankOutput, bank_layer_norm, bmm_linear, pick
+from brainnet.modules.bank import (
+    Bank,
+    BankOutput,
+    attend_with_memory,
+    bank_layer_norm,
+    bmm_linear,
+    pick,
+)
 from brainnet.registry import MODULE_TYPES
 
 
@@ -128,7 +138,11 @@ class TransformerBank(Bank):
                 nn.init.zeros_(p)
 
     def forward(
-        self, tokens: Tensor, memory: Tensor | None = None, idx: Tensor | None = None
+        self,
+        tokens: Tensor,
+        memory: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+        idx: Tensor | None = None,
     ) -> BankOutput:
         cfg = self.cfg
         M, B, T = tokens.shape
@@ -142,29 +156,28 @@ class TransformerBank(Bank):
         flat = tokens.reshape(M, B * T)  # [M, B*T]
         tok = torch.gather(w["wte"], 1, flat.unsqueeze(-1).expand(M, B * T, D))  # [M, B*T, D]
         x = tok.view(M, B, T, D) + w["wpe"][:, None, :T, :]  # [M, B, T, D]
-        P = 0
-        if memory is not None:
-            P = memory.shape[2]
-            mem = bmm_linear(memory.to(x.dtype), w["mem_w"], w["mem_b"])  # [M, B, P, D]
-            x = torch.cat([mem, x], dim=2)  # [M, B, P+T, D]
         x = F.dropout(x, cfg.dropout, self.training)
-        S = P + T
-        mask = None if P == 0 else _prefix_causal_mask(P, T, x.device)  # [S, S] bool
+        mem = None
+        if memory is not None:
+            P = memory.shape[3]
+            mem = bmm_linear(memory.to(x.dtype), w["mem_w"], w["mem_b"])  # [M, B, T, P, D]
+            mask = None if memory_mask is None else memory_mask.reshape(M * B, 1, T, P)
+        p_drop = cfg.dropout if self.training else 0.0
 
         for l in range(L):
-            # attention: x [M, B, S, D] -> qkv [M, B, S, 3D] -> q, k, v [M*B, H, S, hd]
+            # attention: x [M, B, T, D] -> qkv [M, B, T, 3D] -> q, k, v [M*B, H, T, hd]
             h = bank_layer_norm(x, w["ln1_w"][:, l], _at(w["ln1_b"], l))
             qkv = bmm_linear(h, w["attn_w"][:, l], _at(w["attn_b"], l))
-            q, k, v = qkv.view(M * B, S, 3, H, hd).permute(2, 0, 3, 1, 4)
-            a = F.scaled_dot_product_attention(
-                q,
-                k,
-                v,
-                attn_mask=mask,
-                is_causal=mask is None,
-                dropout_p=cfg.dropout if self.training else 0.0,
-            )  # [M*B, H, S, hd]
-            a = a.transpose(1, 2).reshape(M, B, S, D)
+            q, k, v = qkv.view(M * B, T, 3, H, hd).permute(2, 0, 3, 1, 4)
+            if mem is None:
+                a = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p_drop)
+            else:  # memory keys / values through this layer's LN and k, v projections
+                hm = bank_layer_norm(mem, w["ln1_w"][:, l], _at(w["ln1_b"], l))
+                b_kv = None if w["attn_b"] is None else w["attn_b"][:, l, D:]
+                kv = bmm_linear(hm, w["attn_w"][:, l, :, D:], b_kv)  # [M, B, T, P, 2D]
+                km, vm = kv.view(M * B, T, P, 2, H, hd).permute(3, 0, 4, 1, 2, 5)
+                a = attend_with_memory(q, k, v, km, vm, mask, p_drop)  # [M*B, H, T, hd]
+            a = a.transpose(1, 2).reshape(M, B, T, D)
             x = x + F.dropout(
                 bmm_linear(a, w["proj_w"][:, l], _at(w["proj_b"], l)), cfg.dropout, self.training
             )
@@ -175,12 +188,11 @@ class TransformerBank(Bank):
                 bmm_linear(h, w["fc2_w"][:, l], _at(w["fc2_b"], l)), cfg.dropout, self.training
             )
 
-        x = bank_layer_norm(x[:, :, P:], w["lnf_w"], w["lnf_b"])  # token positions [M, B, T, D]
+        x = bank_layer_norm(x, w["lnf_w"], w["lnf_b"])  # [M, B, T, D]
         head = w["wte"].transpose(1, 2) if w["head_w"] is None else w["head_w"]  # [M, D, V]
         logits = bmm_linear(x, head, None)  # [M, B, T, V]
-        pooled = x.mean(dim=2)  # [M, B, D]
-        message = bmm_linear(pooled, w["msg_w"], w["msg_b"])  # [M, B, Dm]
-        salience = bmm_linear(pooled, w["sal_w"].unsqueeze(-1), w["sal_b"]).squeeze(-1)  # [M, B]
+        message = bmm_linear(x, w["msg_w"], w["msg_b"])  # [M, B, T, Dm]
+        salience = bmm_linear(x, w["sal_w"].unsqueeze(-1), w["sal_b"]).squeeze(-1)  # [M, B, T]
         return BankOutput(logits, message, salience)
 
     def export(self, m: int) -> TinyLM:
@@ -194,14 +206,8 @@ def _at(p: Tensor | None, layer: int) -> Tensor | None:
     return None if p is None else p[:, layer]
 
 
-def _prefix_causal_mask(P: int, T: int, device: torch.device) -> Tensor:
-    """[P+T, P+T] bool, True = may attend: tokens see all memory and earlier tokens;
-    memory sees memory only."""
-    S = P + T
-    mask = torch.ones(S, S, dtype=torch.bool, device=device).tril_()
-    mask[:, :P] = True
-    mask[:P, P:] = False
-    return mask
+def _tail(p: Tensor | None, start: int) -> Tensor | None:
+    return None if p is None else p[start:]
 
 
 # --------------------------------------------------------------------------- one module
@@ -219,19 +225,21 @@ class Block(nn.Module):
         self.fc2 = nn.Linear(4 * D, D, bias=b)
         self.n_head, self.dropout = cfg.n_head, cfg.dropout
 
-    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
-        B, S, D = x.shape
-        q, k, v = (
-            self.attn(self.ln1(x))
-            .view(B, S, 3, self.n_head, D // self.n_head)
-            .permute(2, 0, 3, 1, 4)
-        )
+    def forward(self, x: Tensor, mem: Tensor | None, mask: Tensor | None) -> Tensor:
+        """x [B, T, D]; mem [B, T, P, D] | None; mask [B, T, P] | None."""
+        B, T, D = x.shape
+        H = self.n_head
+        q, k, v = self.attn(self.ln1(x)).view(B, T, 3, H, D // H).permute(2, 0, 3, 1, 4)
         p = self.dropout if self.training else 0.0
-        a = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=p
-        )
+        if mem is None:
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
+        else:
+            P = mem.shape[2]
+            kv = F.linear(self.ln1(mem), self.attn.weight[D:], _tail(self.attn.bias, D))
+            km, vm = kv.view(B, T, P, 2, H, D // H).permute(3, 0, 4, 1, 2, 5)
+            a = attend_with_memory(q, k, v, km, vm, None if mask is None else mask[:, None], p)
         x = x + F.dropout(
-            self.proj(a.transpose(1, 2).reshape(B, S, D)), self.dropout, self.training
+            self.proj(a.transpose(1, 2).reshape(B, T, D)), self.dropout, self.training
         )
         return x + F.dropout(self.fc2(F.gelu(self.fc(self.ln2(x)))), self.dropout, self.training)
 
@@ -253,23 +261,18 @@ class TinyLM(nn.Module):
         self.sal = nn.Linear(D, 1)
 
     def forward(
-        self, tokens: Tensor, memory: Tensor | None = None
+        self, tokens: Tensor, memory: Tensor | None = None, memory_mask: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """tokens [B, T], memory [B, P, Dm] | None
-        -> logits [B, T, V], message [B, Dm], salience [B]."""
-        B, T = tokens.shape
-        x = self.wte(tokens) + self.wpe.weight[:T]
-        P = 0 if memory is None else memory.shape[1]
-        if memory is not None:
-            x = torch.cat([self.mem(memory), x], dim=1)
-        x = F.dropout(x, self.cfg.dropout, self.training)
-        mask = None if P == 0 else _prefix_causal_mask(P, T, x.device)
+        """tokens [B, T], memory [B, T, P, Dm] | None, memory_mask [B, T, P] | None
+        -> logits [B, T, V], message [B, T, Dm], salience [B, T]."""
+        T = tokens.shape[1]
+        x = F.dropout(self.wte(tokens) + self.wpe.weight[:T], self.cfg.dropout, self.training)
+        mem = None if memory is None else self.mem(memory)
         for block in self.blocks:
-            x = block(x, mask)
-        x = self.lnf(x[:, P:])
+            x = block(x, mem, memory_mask)
+        x = self.lnf(x)
         logits = x @ self.wte.weight.T if self.head is None else self.head(x)
-        pooled = x.mean(dim=1)
-        return logits, self.msg(pooled), self.sal(pooled).squeeze(-1)
+        return logits, self.msg(x), self.sal(x).squeeze(-1)
 
     @torch.no_grad()
     def load_bank_row(self, bank: TransformerBank, m: int) -> None:
