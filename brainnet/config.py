@@ -108,6 +108,107 @@ ModuleGroup = Annotated[SerializeAsAny[ModuleConfig], _by_tag(MODULE_TYPES, "typ
 Corpus = Annotated[SerializeAsAny[CorpusConfig], _by_tag(CORPORA, "kind", default="tasks")]
 
 
+# --------------------------------------------------------------------------- the society
+
+
+class RouterConfig(Strict):
+    top_k: int = Field(2, ge=1, description="clusters engaged per sequence")
+    k_max: int | None = Field(
+        None, ge=1, description="arousal may raise k up to this; None = top_k (must be >= top_k)"
+    )
+    temperature: float = Field(1.0, gt=0, description="softmax temperature of the gate")
+    noise: float = Field(
+        1.0, ge=0, description="std of Gaussian noise on the gate logits in training (noisy top-k)"
+    )
+    capacity_factor: float = Field(
+        1.5, ge=1.0, description="cluster buffer rows = ceil(k * B / C * capacity_factor)"
+    )
+    context: int = Field(1, ge=1, description="the router reads the first `context` tokens only")
+    d_router: int = Field(32, ge=1, description="width of the router's own token embedding")
+    balance_weight: float = Field(0.01, ge=0, description="Switch load-balancing loss weight")
+    z_weight: float = Field(0.001, ge=0, description="router z-loss weight (ST-MoE)")
+
+    @model_validator(mode="after")
+    def _check(self) -> RouterConfig:
+        if self.k_max is not None and self.k_max < self.top_k:
+            raise ValueError(f"@field:k_max:{self.k_max}:must be >= top_k ({self.top_k})")
+        return self
+
+
+class BlackboardConfig(Strict):
+    slots: int = Field(4, ge=1, description="slots S per sequence and token position")
+    threshold: float = Field(0.5, ge=0, le=1, description="minimum strength to be written")
+    decay: float = Field(
+        0.5, ge=0, le=1, description="an old slot's strength is multiplied by this each round"
+    )
+
+
+class ArousalConfig(Strict):
+    enabled: bool = Field(True, description="False: update() is a no-op (arousal stays fixed)")
+    rate: float = Field(0.1, gt=0, le=1, description="EMA rate of arousal and running stats")
+    warmup: int = Field(
+        10, ge=1, description="first updates only gather loss statistics (surprise 0)"
+    )
+    surprise_weight: float = Field(2.0, ge=0, description="weight of the loss z-score")
+    novelty_weight: float = Field(1.0, ge=0, description="weight of the routing KL novelty")
+    delta_phi_weight: float = Field(1.0, ge=0, description="weight of Δφ / θ from emergence")
+    bias: float = Field(-1.0, description="drive offset: calm arousal settles at sigmoid(bias)")
+    k_range: tuple[int, int] | None = Field(
+        None, description="router k at arousal 0 and 1; None = the router's fixed top_k"
+    )
+    rounds_range: tuple[int, int] = Field((1, 1), description="feedback rounds at arousal 0, 1")
+    temperature_range: tuple[float, float] = Field(
+        (1.0, 1.0), description="router temperature at arousal 0 and 1 (either direction)"
+    )
+    threshold_range: tuple[float, float] = Field(
+        (0.5, 0.5), description="blackboard write threshold at arousal 0 and 1 (either direction)"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ArousalConfig:
+        k, r = self.k_range, self.rounds_range
+        if k is not None and not 1 <= k[0] <= k[1]:
+            raise ValueError(f"@field:k_range:{list(k)}:must be [lo, hi] with 1 <= lo <= hi")
+        if not 0 <= r[0] <= r[1]:
+            raise ValueError(f"@field:rounds_range:{list(r)}:must be [lo, hi] with 0 <= lo <= hi")
+        if not all(t > 0 for t in self.temperature_range):
+            t = list(self.temperature_range)
+            raise ValueError(f"@field:temperature_range:{t}:each must be > 0")
+        if not all(0 <= t <= 1 for t in self.threshold_range):
+            t = list(self.threshold_range)
+            raise ValueError(f"@field:threshold_range:{t}:each must be in [0, 1]")
+        return self
+
+
+class ClockConfig(Strict):
+    """Costs the simulated clock charges (the simulated brain is parallel hardware: modules of
+    one firing compute side by side; messages travel with latency and finite bandwidth)."""
+
+    flops_per_ms: float = Field(1e9, gt=0, description="compute speed of one module (FLOP/ms)")
+    latency_ms: float = Field(0.05, ge=0, description="time for a message to cross a link")
+    bytes_per_ms: float = Field(1e7, gt=0, description="link bandwidth (bytes/ms)")
+
+
+class SocietyConfig(Strict):
+    """How the modules are organised and talk (see brainnet/society/topology.py)."""
+
+    topology: Literal[
+        "pipeline", "ensemble", "feedback", "routing", "brain", "all_to_all", "monolith"
+    ] = Field("brain", description="communication structure")
+    clusters: int = Field(4, ge=1, description="C; every module group's count must divide by C")
+    intra: Literal["complete", "ring", "small_world"] = Field(
+        "complete", description="graph of the dense talk inside a cluster"
+    )
+    rounds: int = Field(1, ge=0, description="feedback rounds after the first pass (no arousal)")
+    module_loss_weight: float = Field(
+        0.1, ge=0, description="weight of each module's own CE next to the society's CE"
+    )
+    router: RouterConfig = Field(default_factory=RouterConfig)
+    blackboard: BlackboardConfig = Field(default_factory=BlackboardConfig)
+    arousal: ArousalConfig = Field(default_factory=lambda: ArousalConfig(enabled=False))
+    clock: ClockConfig = Field(default_factory=ClockConfig)
+
+
 # --------------------------------------------------------------------------- fixed sections
 
 
@@ -155,6 +256,36 @@ class Scenario(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     out_dir: str = Field("runs", description="run directories go to <out_dir>/<name>-<time>/")
+    society: SocietyConfig | None = Field(
+        None, description="how modules are organised and talk; None = independent modules"
+    )
+
+    @model_validator(mode="after")
+    def _society_fits_modules(self) -> Scenario:
+        soc = self.society
+        if soc is None:
+            return self
+        C = 1 if soc.topology in ("all_to_all", "monolith") else soc.clusters
+        for i, g in enumerate(self.modules):
+            if g.count % C:
+                raise ValueError(
+                    f"@field:modules.{i}.count:{g.count}:must be a multiple of "
+                    f"society.clusters ({C}), one share per cluster"
+                )
+        dims = {g.message_dim for g in self.modules}
+        if len(dims) > 1:
+            raise ValueError(
+                f"@field:modules:{json.dumps(sorted(dims))}:all groups must share message_dim"
+            )
+        if soc.topology == "monolith" and sum(g.count for g in self.modules) != 1:
+            n = sum(g.count for g in self.modules)
+            raise ValueError(f"@field:modules:{n}:monolith needs exactly one module")
+        k = max(soc.router.k_max or soc.router.top_k, *(soc.arousal.k_range or (1,)))
+        if soc.topology in ("routing", "brain") and k > soc.clusters:
+            raise ValueError(
+                f"@field:society.router.top_k:{k}:must be <= society.clusters ({soc.clusters})"
+            )
+        return self
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

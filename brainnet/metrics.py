@@ -62,8 +62,10 @@ class RunWriter:
             ("module_metrics.parquet", self.module_rows),
         ):
             if rows:
+                keys = dict.fromkeys(k for r in rows for k in r)  # union, first-seen order
+                table = pa.Table.from_pylist([{k: r.get(k) for k in keys} for r in rows])
                 tmp = self.path / f".{name}.tmp"
-                pq.write_table(pa.Table.from_pylist(rows), tmp)
+                pq.write_table(table, tmp)
                 os.replace(tmp, self.path / name)
 
 

@@ -121,7 +121,7 @@ def test_validate_show_fills_every_default(tmp_path: Path) -> None:
     assert data["modules"][0]["dropout"] == 0.0 and data["modules"][0]["bias"] is True
     assert set(data) == {
         "name", "description", "seed", "device", "precision", "compile",
-        "corpus", "modules", "train", "log", "out_dir",
+        "corpus", "modules", "train", "log", "out_dir", "society",
     }  # fmt: skip
     # the resolved scenario is itself a valid scenario file that resolves to the same thing
     f = tmp_path / "resolved.yaml"
@@ -190,7 +190,7 @@ BAD_FILES = {
     ),
     "unknown module type": (
         "modules:\n  - type: foo\n",
-        ["modules.0.type = 'foo'", "known: transformer"],
+        ["modules.0.type = 'foo'", "known: gru, transformer"],
     ),
     "n_head does not divide d_model": (
         "modules:\n  - {type: transformer, n_head: 3, d_model: 64}\n",
@@ -245,7 +245,7 @@ BAD_SETS = {
     "unknown corpus kind": (["corpus.kind=nope"], ["corpus.kind = 'nope'", "known: tasks, text"]),
     "unknown module type": (
         ["modules.0.type=foo"],
-        ["modules.0.type = 'foo'", "known: transformer"],
+        ["modules.0.type = 'foo'", "known: gru, transformer"],
     ),
     "field of a value": (["train.lr.x=1"], ["train.lr.x", "not a section"]),
     "zero count": (["modules.0.count=0"], ["modules.0.count = 0", "must be >= 1"]),

@@ -53,7 +53,7 @@ def test_resolved_yaml_round_trips():
         ({"train.betas": [0.9, 1.5]}, "train.betas", "[0.9, 1.5]", "each must be in [0, 1)"),
         ({"train.min_lr": 0.5}, "train.min_lr", "0.5", "must be <= lr"),
         ({"modules.0.n_head": 3}, "modules.0.n_head", "3", "must divide d_model (64)"),
-        ({"modules.0.type": "lstm"}, "modules.0.type", "'lstm'", "known: transformer"),
+        ({"modules.0.type": "lstm"}, "modules.0.type", "'lstm'", "known: gru, transformer"),
         ({"modules.0.dropout": 1.0}, "modules.0.dropout", "1.0", "must be < 1"),
         ({"corpus.kind": "nope"}, "corpus.kind", "'nope'", "known: tasks, text"),
         ({"corpus.block_size": 1}, "corpus.block_size", "1", "must be >= 2"),
@@ -142,12 +142,18 @@ def test_entry_point_plugins_are_loaded_and_checked(monkeypatch):
 
     def fresh(eps):
         monkeypatch.setattr(registry, "entry_points", lambda group: eps)
-        return Registry("module type", builtins="brainnet.modules",
-                        entry_point_group="brainnet.modules", check=registry._check_module_type)
+        return Registry(
+            "module type",
+            builtins="brainnet.modules",
+            entry_point_group="brainnet.modules",
+            check=registry._check_module_type,
+        )
 
     reg = fresh([FakeEntryPoint("plugin_lm", PluginBank)])
     assert reg.names() == ["plugin_lm"] and reg.get("plugin_lm") is PluginBank
     with pytest.raises(RegistryError, match="must be a subclass of brainnet.Bank"):
         fresh([FakeEntryPoint("bad", dict)]).names()
-    with pytest.raises(RegistryError, match="entry point 'broken' = 'pkg:broken' .* failed to load"):
+    with pytest.raises(
+        RegistryError, match="entry point 'broken' = 'pkg:broken' .* failed to load"
+    ):
         fresh([FakeEntryPoint("broken", ImportError("no module named x"))]).names()

@@ -5,19 +5,30 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from brainnet.config import TrainConfig
 from brainnet.modules.bank import Bank
 
 
-def build_optimizer(banks: list[Bank], cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """One AdamW over every bank's stacked parameters: fused on CUDA, foreach on CPU.
+def build_optimizer(
+    banks: list[Bank],
+    cfg: TrainConfig,
+    device: torch.device,
+    extra: list[nn.Module] | tuple[nn.Module, ...] = (),
+) -> torch.optim.AdamW:
+    """One AdamW over every bank's stacked parameters (and ``extra`` modules, e.g. the router):
+    fused on CUDA, foreach on CPU.
 
     Decay applies to matrices only. Because each module's rows are separate elements of the
     stacked tensors, AdamW's element-wise update is exactly a per-module AdamW.
     """
     groups = [g for bank in banks for g in bank.param_groups(cfg.weight_decay) if g["params"]]
+    for mod in extra:
+        ps = list(mod.parameters())
+        groups.append({"params": [p for p in ps if p.dim() >= 2], "weight_decay": cfg.weight_decay})
+        groups.append({"params": [p for p in ps if p.dim() < 2], "weight_decay": 0.0})
+    groups = [g for g in groups if g["params"]]
     fused = device.type == "cuda"
     return torch.optim.AdamW(
         groups, lr=cfg.lr, betas=cfg.betas, fused=fused or None, foreach=None if fused else True
@@ -51,3 +62,10 @@ def clip_per_module(bank: Bank, max_norm: float) -> Tensor:
         for g in grads:
             g.mul_(scale.view(M, *([1] * (g.dim() - 1))).to(g.dtype))
     return norms
+
+
+@torch.no_grad()
+def clip_module(module: nn.Module, max_norm: float) -> None:
+    """Ordinary global-norm clip of one non-bank module (the router); 0 disables."""
+    if max_norm > 0:
+        torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm, foreach=True)

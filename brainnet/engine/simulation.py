@@ -26,10 +26,11 @@ from torch import Tensor, nn
 from brainnet.config import Scenario, ScenarioError, load_scenario
 from brainnet.data import Batch, build_corpus
 from brainnet.engine.checkpoint import load_checkpoint, save_checkpoint
-from brainnet.engine.optim import build_optimizer, clip_per_module, lr_at
+from brainnet.engine.optim import build_optimizer, clip_module, clip_per_module, lr_at
 from brainnet.metrics import RunWriter
 from brainnet.modules import build_bank
 from brainnet.modules.bank import module_cross_entropy
+from brainnet.society import Arousal, Knobs, Society
 
 #: ``callback(sim, row)`` is called after every logged step with that step's metrics row.
 Callback = Callable[["Simulation", dict[str, Any]], None]
@@ -66,10 +67,22 @@ class Simulation:
         bf16 = sc.precision == "bf16" or (sc.precision == "auto" and self.device.type == "cuda")
         self.autocast_dtype = torch.bfloat16 if bf16 else None
         self.corpus = build_corpus(sc.corpus, sc.seed)
-        self.banks = nn.ModuleList(
-            build_bank(g, self.corpus.vocab_size, self.corpus.block_size) for g in sc.modules
-        ).to(self.device)
-        self.optimizer = build_optimizer(list(self.banks), sc.train, self.device)
+        V, T = self.corpus.vocab_size, self.corpus.block_size
+        self.society: Society | None = None
+        self.arousal: Arousal | None = None
+        if sc.society is None:  # independent modules, each trained on the whole batch
+            self.banks = nn.ModuleList(build_bank(g, V, T) for g in sc.modules).to(self.device)
+            self.model: nn.Module = self.banks
+        else:
+            self.society = Society(sc, V, T).to(self.device)
+            self.banks = self.society.banks
+            self.model = self.society
+            self.arousal = Arousal(
+                sc.society.arousal, self.society.topology.n_clusters, self.device
+            )
+            self.knobs = self._knobs(self.arousal.read()[0])
+        extra = [self.society.router] if self.society and self.society.router else []
+        self.optimizer = build_optimizer(list(self.banks), sc.train, self.device, extra)
         self.n_modules = sum(b.n_modules for b in self.banks)
         self.step = 0
         # data sampling has its own RNG stream: model-side randomness never shifts the batches
@@ -79,7 +92,8 @@ class Simulation:
             self.corpus.batch("val", sc.train.batch_size, val_rng).to(self.device)
             for _ in range(sc.train.eval_batches)
         ]
-        self._losses = torch.compile(self.module_losses) if sc.compile else self.module_losses
+        forward = self.module_losses if self.society is None else self.society_losses
+        self._losses = torch.compile(forward) if sc.compile else forward
         self.out_dir = Path(out_dir if out_dir is not None else sc.out_dir)
         self.writer: RunWriter | None = None
 
@@ -89,45 +103,99 @@ class Simulation:
     def run_dir(self) -> Path | None:
         return None if self.writer is None else self.writer.path
 
-    def module_losses(self, batch: Batch) -> Tensor:
-        """Cross-entropy of every module on ``batch`` -> [n_modules]. One call per bank."""
+    def module_losses(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
+        """Independent modules: every module on the whole batch, one call per bank.
+
+        Returns (loss to minimise, task loss [], per-module CE [N], stats)."""
         out = []
         for bank in self.banks:  # one iteration per module TYPE; all its modules run at once
             tokens = batch.x.unsqueeze(0).expand(bank.n_modules, -1, -1)  # [M, B, T]
             out.append(module_cross_entropy(bank(tokens).logits, batch.y))
-        return torch.cat(out)
+        ce = torch.cat(out)  # [N]
+        # sum, not mean: each module's gradient is that of its own mean loss, whatever N is
+        return ce.sum(), ce.mean(), ce, {}
+
+    def society_losses(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
+        """The society's step (router, clusters, blackboard, merge) on ``batch``."""
+        assert self.society is not None
+        out = self.society(batch, self.knobs)
+        stats = dict(out.stats)
+        D, C = len(self.corpus.domains), self.society.topology.n_clusters
+        dom = batch.domain
+        stats["domain_loss_sum"] = torch.zeros(D, device=dom.device).scatter_add_(
+            0, dom, stats.pop("seq_nll")
+        )
+        stats["domain_count"] = torch.zeros(D, device=dom.device).scatter_add_(
+            0, dom, torch.ones_like(dom, dtype=torch.float)
+        )
+        if "chosen" in stats:  # domain x cluster routing counts, no host sync
+            chosen, kept = stats.pop("chosen"), stats.pop("kept")
+            flat = (dom[:, None] * C + chosen).flatten()
+            stats["domain_cluster"] = torch.zeros(D * C, device=dom.device).scatter_add_(
+                0, flat, kept.flatten().float()
+            )
+        return out.loss, out.task_loss, out.module_loss, stats
+
+    def _knobs(self, a: float) -> Knobs:
+        """Router k, rounds, temperature and board threshold for arousal ``a``."""
+        soc = self.scenario.society
+        assert soc is not None and self.arousal is not None
+        if not soc.arousal.enabled:
+            return Knobs(
+                soc.router.top_k, soc.rounds, soc.router.temperature, soc.blackboard.threshold
+            )
+        return Knobs(
+            self.arousal.k(a, soc.router.top_k),
+            self.arousal.rounds(a),
+            self.arousal.temperature(a),
+            self.arousal.threshold(a),
+        )
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def train_step(self) -> tuple[Tensor, Tensor]:
-        """One optimiser step. Returns per-module train loss and grad norm, [n_modules] each,
-        on the device (no host sync)."""
+    def train_step(self) -> dict[str, Tensor]:
+        """One optimiser step. Returns device tensors (no host sync): task loss [], module CE
+        [N], grad norm [N] and the society's stats."""
         cfg = self.scenario.train
         batch = self.corpus.batch("train", cfg.batch_size, self.data_rng).to(self.device)
         lr = lr_at(self.step, cfg)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        self.banks.train()
+        self.model.train()
         with self._autocast():
-            losses = self._losses(batch)
-        # sum, not mean: each module's gradient is that of its own mean loss, whatever M is
-        losses.sum().backward()
+            loss, task, module_ce, stats = self._losses(batch)
+        loss.backward()
         norms = torch.cat([clip_per_module(b, cfg.grad_clip) for b in self.banks])
+        if self.society is not None and self.society.router is not None:
+            clip_module(self.society.router, cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.arousal is not None:
+            probs = stats.get("router_probs")
+            self.arousal.update(task.detach(), None if probs is None else probs.detach()[None])
         self.step += 1
-        return losses.detach(), norms
+        return {
+            "train_loss": task.detach(),
+            "module_loss": module_ce.detach(),
+            "grad_norm": norms,
+            **{k: v.detach() for k, v in stats.items()},
+        }
 
     @torch.no_grad()
-    def evaluate(self) -> Tensor:
-        """Validation loss of every module on the fixed validation batches -> [n_modules]."""
-        self.banks.eval()
+    def evaluate(self) -> tuple[Tensor, Tensor]:
+        """Validation on the fixed batches -> (task loss [], per-module CE [N])."""
+        self.model.eval()
+        task = module = None
         with self._autocast():
-            total = sum(self.module_losses(b) for b in self.val_batches)
-        return total / len(self.val_batches)
+            for b in self.val_batches:
+                _, t, m, _ = self._losses(b)
+                task = t if task is None else task + t
+                module = m if module is None else module + m
+        n = len(self.val_batches)
+        return task / n, module / n
 
     # ------------------------------------------------------------------ the loop
 
@@ -145,53 +213,33 @@ class Simulation:
         w = self._open_writer()
         tokens_per_step = cfg.batch_size * self.corpus.block_size
         if self.step == 0:
-            val = self.evaluate().float().cpu()
-            self._log(
-                w,
-                {
-                    "step": 0,
-                    "lr": 0.0,
-                    "train_loss": None,
-                    "val_loss": val.mean().item(),
-                    "grad_norm": None,
-                    "tokens_per_s": None,
-                    "module_tokens_per_s": None,
-                },
-                None,
-                val,
-                None,
-                callbacks,
-            )
+            self._log(w, {"step": 0, "lr": 0.0}, None, self._eval_host(), callbacks)
         bar = _Progress(end, self.step, enabled=progress)
-        acc_loss = acc_norm = None
-        n_acc, t_start, t0 = 0, time.perf_counter(), time.perf_counter()
+        acc = _Accumulator()
+        t_start = t0 = time.perf_counter()
         with bar:
             while self.step < end:
-                losses, norms = self.train_step()
-                acc_loss = losses if acc_loss is None else acc_loss + losses
-                acc_norm = norms if acc_norm is None else acc_norm + norms
-                n_acc += 1
+                acc.add(self.train_step())
                 step, last = self.step, self.step == end
                 bar.advance(step)
                 do_eval = step % cfg.eval_every == 0 or last
                 if step % sc.log.every == 0 or do_eval:
-                    train = (acc_loss / n_acc).float().cpu()  # the one host sync per log
-                    norm = (acc_norm / n_acc).float().cpu()
+                    train = acc.mean()  # the one host sync per log interval
                     dt = time.perf_counter() - t0
-                    val = self.evaluate().float().cpu() if do_eval else None
                     row = {
                         "step": step,
                         "lr": lr_at(step - 1, cfg),
-                        "train_loss": train.mean().item(),
-                        "val_loss": None if val is None else val.mean().item(),
-                        "grad_norm": norm.mean().item(),
-                        "tokens_per_s": n_acc * tokens_per_step / dt,
-                        "module_tokens_per_s": n_acc * tokens_per_step * self.n_modules / dt,
+                        "tokens_per_s": acc.n * tokens_per_step / dt,
+                        "module_tokens_per_s": acc.n * self._module_tokens(tokens_per_step) / dt,
                     }
-                    self._log(w, row, train, val, norm, callbacks)
-                    bar.update(step, row)
-                    acc_loss = acc_norm = None
-                    n_acc, t0 = 0, time.perf_counter()
+                    if self.arousal is not None:  # arousal retunes the society here, not per step
+                        a, focus = self.arousal.read()
+                        row.update(arousal=a, focus=focus, **vars(self.knobs))
+                        self.knobs = self._knobs(a)
+                    self._log(w, row, train, self._eval_host() if do_eval else None, callbacks)
+                    bar.update(step, w.rows[-1])
+                    acc = _Accumulator()
+                    t0 = time.perf_counter()
                 every = sc.log.checkpoint_every
                 if last or (every and step % every == 0):
                     self.save_checkpoint(w.path / "checkpoint.pt")
@@ -201,10 +249,37 @@ class Simulation:
         w.flush()
         return summary
 
+    def _eval_host(self) -> dict[str, Any]:
+        task, module = self.evaluate()
+        return {"val_loss": task.float().item(), "module_val_loss": module.float().cpu()}
+
+    def _module_tokens(self, tokens_per_step: int) -> float:
+        """Module-token passes per step: a token processed by one module in one round."""
+        if self.society is None:
+            return tokens_per_step * self.n_modules
+        soc, B = self.society, self.scenario.train.batch_size
+        T = self.corpus.block_size
+        plan, _ = soc.plan(self.knobs.rounds, self._cap(B))
+        n = soc.topology.cluster_size
+        return sum(len(f) for _, f in plan.waves) * n * self._cap(B) * T
+
+    def _cap(self, B: int) -> int:
+        soc = self.society
+        if soc is None or soc.router is None:
+            return B
+        from brainnet.society.router import capacity
+
+        return capacity(
+            min(self.knobs.k, soc.topology.n_clusters),
+            B,
+            soc.topology.n_clusters,
+            soc.cfg.router.capacity_factor,
+        )
+
     def summary(self, wall_s: float) -> dict[str, Any]:
         rows = self.writer.rows if self.writer else []
         vals = [r["val_loss"] for r in rows if r["val_loss"] is not None]
-        trains = [r for r in rows if r["tokens_per_s"] is not None]
+        trains = [r for r in rows if r.get("tokens_per_s") is not None]
         return {
             "run_dir": str(self.run_dir),
             "steps": self.step,
@@ -239,20 +314,35 @@ class Simulation:
         self,
         w: RunWriter,
         row: dict[str, Any],
-        train: Tensor | None,
-        val: Tensor | None,
-        norm: Tensor | None,
+        train: dict[str, Any] | None,
+        val: dict[str, Any] | None,
         callbacks: list[Callback],
     ) -> None:
+        """Write one metrics row (+ one row per module) from host values."""
+        train = train or {}
+        module_train = train.pop("module_loss", None)
+        norm = train.pop("grad_norm", None)
+        writes = train.pop("board_writes", None)
+        row = {
+            **row,
+            "train_loss": train.pop("train_loss", None),
+            "val_loss": None if val is None else val["val_loss"],
+            "grad_norm": None if norm is None else float(norm.mean()),
+        }
+        if self.society is not None and train:
+            row.update(self._society_row(train))
+        module_val = None if val is None else val["module_val_loss"]
         types = [g.type for g in self.scenario.modules for _ in range(g.count)]
         module_rows = [
             {
                 "step": row["step"],
                 "module": m,
                 "type": types[m],
-                "train_loss": None if train is None else train[m].item(),
-                "val_loss": None if val is None else val[m].item(),
-                "grad_norm": None if norm is None else norm[m].item(),
+                "cluster": None if self.society is None else self.society.topology.cluster_of(m),
+                "train_loss": _num(module_train, m),
+                "val_loss": _num(module_val, m),
+                "grad_norm": _num(norm, m),
+                "board_writes": _num(writes, m),
             }
             for m in range(self.n_modules)
         ]
@@ -263,21 +353,47 @@ class Simulation:
         for cb in callbacks:
             cb(self, row)
 
+    def _society_row(self, t: dict[str, Any]) -> dict[str, Any]:
+        """Communication, routing and blackboard columns from one interval's mean stats."""
+        soc = self.society
+        assert soc is not None
+        T, Dm, S = self.corpus.block_size, soc.message_dim, soc.slots
+        kinds = ("mate", "input", "board_read", "board_write")
+        msgs = {k: float(t.pop(f"messages_{k}")) for k in kinds}
+        stream = T * Dm * 4  # bytes of one message stream (fp32)
+        bytes_ = (msgs["mate"] + msgs["input"] + msgs["board_write"]) * stream
+        bytes_ += msgs["board_read"] * stream * S
+        plan, _ = soc.plan(self.knobs.rounds, self._cap(self.scenario.train.batch_size))
+        out: dict[str, Any] = {
+            "messages": sum(msgs.values()),
+            **{f"messages_{k}": v for k, v in msgs.items()},
+            "bytes": bytes_,
+            "sim_time_ms": plan.makespan,
+        }
+        dl, dc = t.pop("domain_loss_sum"), t.pop("domain_count")
+        out["domain_loss"] = (dl / dc.clamp(min=1e-9)).tolist()
+        for k, v in t.items():
+            out[k] = v.tolist() if v.dim() else float(v)
+        return out
+
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "step": self.step,
             "scenario": self.scenario.to_yaml(),
-            "banks": [b.state_dict() for b in self.banks],
+            "model": self.model.state_dict(),
+            "arousal": None if self.arousal is None else self.arousal.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "data_rng": self.data_rng.get_state(),
             "torch_rng": torch.get_rng_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for bank, sd in zip(self.banks, state["banks"], strict=True):
-            bank.load_state_dict(sd)
+        self.model.load_state_dict(state["model"])
+        if self.arousal is not None:
+            self.arousal.load_state_dict(state["arousal"])
+            self.knobs = self._knobs(self.arousal.read()[0])
         self.optimizer.load_state_dict(state["optimizer"])
         self.data_rng.set_state(state["data_rng"])
         torch.set_rng_state(state["torch_rng"])
@@ -302,6 +418,42 @@ def _yaml_dict(text: str) -> dict[str, Any]:
     import yaml
 
     return yaml.safe_load(text)
+
+
+def _num(v: Tensor | None, i: int) -> float | None:
+    if v is None:
+        return None
+    x = float(v[i])
+    return None if x != x else x  # NaN (nothing to measure) -> null
+
+
+class _Accumulator:
+    """Sums a step's device tensors over a log interval; ``mean`` is the one host sync.
+
+    NaN entries (a module that processed no sequence) are skipped in the mean."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, Tensor] = {}
+        self.counts: dict[str, Tensor] = {}
+        self.n = 0
+
+    def add(self, stats: dict[str, Tensor]) -> None:
+        for k, v in stats.items():
+            v = v.float()
+            ok = ~torch.isnan(v)
+            if k in self.sums:
+                self.sums[k] = self.sums[k] + torch.where(ok, v, 0.0)
+                self.counts[k] = self.counts[k] + ok
+            else:
+                self.sums[k], self.counts[k] = torch.where(ok, v, 0.0), ok.float()
+        self.n += 1
+
+    def mean(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in self.sums.items():
+            m = (v / self.counts[k]).cpu()  # 0/0 -> NaN where nothing was measured
+            out[k] = float(m) if m.dim() == 0 else m
+        return out
 
 
 class _Progress:

@@ -32,8 +32,10 @@ one ``[M, B, D] @ [M, D, 3D]`` bmm per step for all modules at once.
 Dropout (train mode): on the input (embedding + memory read), between GRU layers (as
 ``nn.GRU(dropout=...)``), and on the last layer's output before the final LayerNorm.
 
-Init: embedding, memory projection, query, untied head, message and salience weights N(0, 0.02);
-GRU weights and biases uniform(-1/sqrt(D), 1/sqrt(D)) as ``torch.nn.GRU``; LayerNorm weight 1;
+Init: token embedding N(0, 1/sqrt(D)) (rows of about unit norm: with nanoGPT's 0.02 the GRU's
+input signal is tiny and it learns markedly slower; the tied head then starts with logits of std
+about 1); GRU weights and biases uniform(-1/sqrt(D), 1/sqrt(D)) as ``torch.nn.GRU``; memory
+projection, query, untied head, message and salience weights N(0, 0.02); LayerNorm weight 1,
 other biases 0. Each module draws its own numbers.
 
 ``TinyGRU`` is the same computation for ONE module from ordinary layers (``nn.Embedding``,
@@ -111,10 +113,13 @@ class RecurrentBank(Bank):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """GRU weights/biases uniform(+-1/sqrt(D)) as nn.GRU; matrices N(0, 0.02); LN 1; else 0."""
+        """wte N(0, 1/sqrt(D)); GRU weights/biases uniform(+-1/sqrt(D)) as nn.GRU; other
+        matrices N(0, 0.02); LayerNorm 1; other biases 0."""
         k = 1.0 / math.sqrt(self.cfg.d_model)
         for name, p in self.named_parameters():
-            if name in ("ih_w", "ih_b", "hh_w", "hh_b"):
+            if name == "wte":
+                nn.init.normal_(p, 0.0, k)
+            elif name in ("ih_w", "ih_b", "hh_w", "hh_b"):
                 nn.init.uniform_(p, -k, k)
             elif name in self.matrix_names or name == "sal_w":
                 nn.init.normal_(p, 0.0, 0.02)

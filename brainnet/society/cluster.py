@@ -1,0 +1,59 @@
+"""Dense local clusters: message passing among mates and merging of predictions.
+
+All ops work on every cluster of a wave at once (a leading cluster axis), never in a Python
+loop over clusters or modules.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def aggregate_mates(messages: Tensor, adjacency: Tensor) -> Tensor:
+    """Mean of each module's in-neighbours' messages inside its cluster.
+
+    messages [C, n, *rest], adjacency [C, n, n] (adjacency[c, i, j] = 1: i reads j)
+    -> [C, n, *rest]; zeros for a module without mates.
+    """
+    C, n = messages.shape[:2]
+    deg = adjacency.sum(-1, keepdim=True).clamp(min=1)  # [C, n, 1]
+    flat = messages.reshape(C, n, -1)  # [C, n, R]
+    return torch.bmm(adjacency.to(flat.dtype) / deg.to(flat.dtype), flat).view_as(messages)
+
+
+def cluster_log_probs(logits: Tensor) -> Tensor:
+    """Log of the mean of the cluster's modules' next-token distributions (an ensemble).
+
+    logits [C, n, cap, T, V] -> [C, cap, T, V] (fp32).
+    """
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    return torch.logsumexp(lp, dim=1) - math.log(logits.shape[1])
+
+
+def merge_routed(
+    cluster_lp: Tensor, slot: Tensor, chosen: Tensor, kept: Tensor, gates: Tensor
+) -> Tensor:
+    """Router-weighted mixture of the chosen clusters' predictions for each sequence.
+
+    cluster_lp [C, cap, T, V]; chosen, slot, kept, gates [B, k]
+    -> log p [B, T, V]. Gates are renormalised over the kept choices; a sequence whose every
+    choice was dropped (over capacity) gets the uniform distribution.
+    """
+    C, cap, T, V = cluster_lp.shape
+    flat = torch.cat([cluster_lp.reshape(C * cap, T, V), cluster_lp.new_zeros(1, T, V)])
+    index = torch.where(kept, chosen * cap + slot, C * cap)  # [B, k], dropped -> zero row
+    picked = flat[index]  # [B, k, T, V]
+    w = gates.float() * kept  # [B, k]
+    total = w.sum(-1, keepdim=True)  # [B, 1]
+    log_w = torch.log(w / total.clamp(min=1e-9)).masked_fill(~kept, float("-inf"))  # [B, k]
+    mixed = torch.logsumexp(picked + log_w[:, :, None, None], dim=1)  # [B, T, V]
+    uniform = torch.full_like(mixed, -math.log(V))
+    return torch.where((total > 0)[:, :, None], mixed, uniform)
+
+
+def merge_uniform(cluster_lp: Tensor) -> Tensor:
+    """Equal-weight mixture over clusters: [C, B, T, V] -> [B, T, V]."""
+    return torch.logsumexp(cluster_lp, dim=0) - math.log(cluster_lp.shape[0])

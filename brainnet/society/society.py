@@ -1,0 +1,403 @@
+"""The society: banks, router, clusters and blackboard wired by a topology, and one step of it.
+
+    batch x [B, T] ──▶ Router: top-k clusters per sequence, static [C, cap] buffers (routed
+                       topologies; the others give every cluster the whole batch, cap = B)
+    for each wave of the clock's plan (firings that start at the same simulated instant):
+        memory of each firing module, per position  [w, n, cap, T, P, Dm]:
+            blackboard slots (S) | mean of mates' messages (1) | other clusters' messages (1)
+        ONE call per bank for all modules of the wave ──▶ logits, message, salience
+        blackboard: the wave's proposals compete for the S slots of every (sequence, position)
+    merge: router-weighted (or uniform) mixture of the clusters' final predictions
+    loss = CE(mixture) + router losses + module_loss_weight * mean module CE
+
+Shapes: C clusters of n modules (n = sum of the banks' n_b); a cluster's modules are rows
+``[c*n_b, (c+1)*n_b)`` of bank b. Everything stays on the device; counters come back as
+tensors and the simulation reads them at log intervals only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from brainnet.config import Scenario
+from brainnet.data import Batch
+from brainnet.engine.clock import Plan, plan_step
+from brainnet.modules import build_bank
+from brainnet.society import blackboard as board_ops
+from brainnet.society.cluster import (
+    aggregate_mates,
+    cluster_log_probs,
+    merge_routed,
+    merge_uniform,
+)
+from brainnet.society.router import Router, routing_entropy
+from brainnet.society.topology import build_topology
+
+
+@dataclass
+class Knobs:
+    """What arousal sets for a step (host values, changed at log intervals only)."""
+
+    k: int
+    rounds: int
+    temperature: float
+    threshold: float
+
+
+@dataclass
+class StepOut:
+    loss: Tensor  # [] what is minimised
+    task_loss: Tensor  # [] CE of the society's merged prediction
+    module_loss: Tensor  # [N] CE of each module on the sequences it processed (nan if none)
+    stats: dict[str, Tensor]  # device scalars / vectors for logging (see Society.forward)
+    trace: list[tuple[str, Any, Any]] = field(default_factory=list)  # (kind, sender, receiver)
+
+
+@dataclass
+class _Wave:
+    """Static index tensors of one wave of a plan (built once per plan, kept on the device)."""
+
+    clusters: Tensor  # [w] long
+    bank_idx: list[Tensor | None]  # per bank: rows of the wave's modules (None = all rows)
+    mates: Tensor  # [w] bool: the cluster has fired before (its mates' messages exist)
+    inputs: Tensor  # [w, I] long: inter-cluster sources, clamped to >= 0
+    input_ok: Tensor  # [w, I] bool: that source exists and has fired before
+    board: bool  # the blackboard has been written before this wave
+    any_memory: bool
+    in_wave: Tensor  # [C] bool
+
+
+class Society(nn.Module):
+    """All modules of a scenario, wired as ``scenario.society`` says."""
+
+    def __init__(self, sc: Scenario, vocab_size: int, block_size: int) -> None:
+        super().__init__()
+        cfg = sc.society
+        assert cfg is not None
+        self.cfg = cfg
+        self.vocab_size = vocab_size
+        counts = [g.count for g in sc.modules]
+        self.topology = topo = build_topology(
+            cfg.topology, cfg.clusters, counts, cfg.intra, sc.seed
+        )
+        self.banks = nn.ModuleList(build_bank(g, vocab_size, block_size) for g in sc.modules)
+        self.router = Router(cfg.router, vocab_size, topo.n_clusters) if topo.routed else None
+        self.message_dim = sc.modules[0].message_dim
+        C, n = topo.n_clusters, topo.cluster_size
+        self.register_buffer("adjacency", topo.adjacency, persistent=False)  # [C, n, n]
+        self.register_buffer("mate_edges", topo.adjacency.sum((1, 2)), persistent=False)  # [C]
+        ids = [[topo.module_id(c, j) for j in range(n)] for c in range(C)]
+        self.register_buffer("module_ids", torch.tensor(ids), persistent=False)  # [C, n]
+        self.slots = cfg.blackboard.slots if topo.blackboard else 0
+        self.has_mates = bool(topo.adjacency.sum() > 0)
+        self.has_inputs = any(topo.inputs)
+        self.n_memory = self.slots + int(self.has_mates) + int(self.has_inputs)  # P
+        self.communicates = self.n_memory > 0
+        self._plans: dict[tuple[int, int], tuple[Plan, list[_Wave]]] = {}
+
+    @property
+    def n_modules(self) -> int:
+        return self.topology.n_modules
+
+    # ------------------------------------------------------------------ the plan
+
+    def plan(self, rounds: int, cap: int) -> tuple[Plan, list[_Wave]]:
+        """The clock's plan for ``rounds`` feedback rounds (cached), with its index tensors."""
+        rounds = rounds if self.communicates else 0
+        key = (rounds, cap)
+        if key not in self._plans:
+            clock = self.cfg.clock
+            tokens = cap * self.banks[0].block_size
+            flops = 6 * max(b.num_params_per_module() for b in self.banks) * tokens
+            bytes_ = tokens * self.message_dim * 4
+            plan = plan_step(
+                self.topology.firings(rounds),
+                compute_time=flops / clock.flops_per_ms,
+                link_time=clock.latency_ms + bytes_ / clock.bytes_per_ms,
+            )
+            self._plans[key] = (plan, self._wave_tensors(plan))
+        return self._plans[key]
+
+    def _wave_tensors(self, plan: Plan) -> list[_Wave]:
+        topo, dev = self.topology, self.adjacency.device
+        C = topo.n_clusters
+        fired: set[int] = set()
+        width = max([len(i) for i in topo.inputs] + [1])
+        waves = []
+        for i, (_, firings) in enumerate(plan.waves):
+            cl = sorted({f.cluster for f in firings})
+            full = len(cl) == C
+            bank_idx = [
+                None if full else torch.tensor([c * n_b + j for c in cl for j in range(n_b)])
+                for n_b in topo.bank_sizes
+            ]
+            src = [topo.inputs[c] + [-1] * (width - len(topo.inputs[c])) for c in cl]
+            ok = [[s >= 0 and s in fired for s in row] for row in src]
+            mates = [c in fired for c in cl]
+            board = topo.blackboard and i > 0
+            any_memory = board or (self.has_mates and any(mates)) or any(map(any, ok))
+            waves.append(
+                _Wave(
+                    clusters=torch.tensor(cl, device=dev),
+                    bank_idx=[None if b is None else b.to(dev) for b in bank_idx],
+                    mates=torch.tensor(mates, device=dev),
+                    inputs=torch.tensor(src, device=dev).clamp(min=0),
+                    input_ok=torch.tensor(ok, device=dev, dtype=torch.bool),
+                    board=board,
+                    any_memory=any_memory,
+                    in_wave=torch.isin(torch.arange(C, device=dev), torch.tensor(cl, device=dev)),
+                )
+            )
+            fired.update(cl)
+        return waves
+
+    # ------------------------------------------------------------------ one step
+
+    def forward(self, batch: Batch, knobs: Knobs, record: bool = False) -> StepOut:
+        x, y = batch.x, batch.y
+        B, T = x.shape
+        topo = self.topology
+        C, n, V, Dm, S = (
+            topo.n_clusters,
+            topo.cluster_size,
+            self.vocab_size,
+            self.message_dim,
+            self.slots,
+        )
+        dev = x.device
+        route = None
+        if self.router is not None:
+            route = self.router(x, min(knobs.k, C), knobs.temperature)
+            seq_index = route.dispatch.seq_index  # [C, cap]
+        else:
+            seq_index = torch.arange(B, device=dev).expand(C, B)  # every cluster sees all
+        cap = seq_index.shape[1]
+        plan, waves = self.plan(knobs.rounds, cap)
+        valid = seq_index < B  # [C, cap] buffer row holds a sequence
+        active = valid.sum(1).float()  # [C] sequences per cluster
+        tokens_pad = torch.cat([x, x.new_zeros(1, T)])  # [B+1, T], row B = padding
+
+        msgs: Tensor | None = None  # [C, n, cap, T, Dm] latest message of every module
+        sal: Tensor | None = None  # [C, n, cap, T]
+        logits: Tensor | None = None  # [C, n, cap, T, V] latest prediction of every module
+        board = board_ops.empty(B, T, S, Dm, device=dev) if S else None
+        count = {k: x.new_zeros((), dtype=torch.float) for k in ("mate", "input", "read", "write")}
+        writes = x.new_zeros(self.n_modules, dtype=torch.float)  # board writes per module
+        trace: list[tuple[str, Any, Any]] = []
+
+        for wave in waves:
+            W = wave.clusters
+            w = W.shape[0]
+            sidx = seq_index[W]  # [w, cap]
+            toks = tokens_pad[sidx]  # [w, cap, T]
+            memory = mask = None
+            if wave.any_memory:
+                memory, mask = self._memory(wave, sidx, msgs, board, count, active)
+                if record:
+                    trace += self._trace_reads(wave)
+            outs = []
+            off = 0
+            for bank, n_b, idx in zip(self.banks, topo.bank_sizes, wave.bank_idx, strict=True):
+                t_b = toks[:, None].expand(w, n_b, cap, T).reshape(w * n_b, cap, T)
+                m_b = k_b = None
+                if memory is not None:
+                    m_b = memory[:, off : off + n_b].reshape(w * n_b, cap, T, -1, Dm)
+                    k_b = mask[:, off : off + n_b].reshape(w * n_b, cap, T, -1)
+                o = bank(t_b, m_b, k_b, idx=idx)
+                outs.append([t.view(w, n_b, *t.shape[1:]) for t in o])
+                off += n_b
+            new_logits, new_msg, new_sal = (
+                torch.cat(parts, dim=1) for parts in zip(*outs, strict=True)
+            )
+            logits = _update(logits, W, new_logits, C)
+            msgs = _update(msgs, W, new_msg, C)
+            sal = _update(sal, W, new_sal, C)
+            if board is not None and route is not None:
+                board = self._write_board(board, route, msgs, sal, wave, knobs, count, writes)
+                if record:
+                    trace += [
+                        ("write", m, "blackboard") for m in writes.nonzero().flatten().tolist()
+                    ]
+
+        assert logits is not None
+        # merge: the society's prediction
+        lp = cluster_log_probs(logits)  # [C, cap, T, V]
+        if route is not None:
+            d = route.dispatch
+            logp = merge_routed(lp, d.slot, route.chosen, d.kept, route.gates)  # [B, T, V]
+        else:
+            logp = merge_uniform(lp[topo.merge])  # [len(merge), B, T, V] -> [B, T, V]
+        nll = F.nll_loss(logp.reshape(-1, V), y.reshape(-1), reduction="none").view(B, T)
+        task_loss = nll.mean()
+
+        # each module's own CE on the sequences it processed
+        y_pad = torch.cat([y, y.new_zeros(1, T)])[seq_index]  # [C, cap, T]
+        ce = F.cross_entropy(
+            logits.float().reshape(-1, V),
+            y_pad[:, None].expand(C, n, cap, T).reshape(-1),
+            reduction="none",
+        ).view(C, n, cap, T)
+        per_slot = ce.mean(-1) * valid[:, None]  # [C, n, cap]
+        module_ce = per_slot.sum(-1) / active[:, None].clamp(min=1)  # [C, n]
+        module_loss = torch.empty(self.n_modules, device=dev).scatter_(
+            0, self.module_ids.flatten(), module_ce.flatten()
+        )
+        loss = task_loss + self.cfg.module_loss_weight * module_ce.mean()
+        stats: dict[str, Tensor] = {
+            "messages_mate": count["mate"],
+            "messages_input": count["input"],
+            "messages_board_read": count["read"],
+            "messages_board_write": count["write"],
+            "board_writes": writes,
+            "cluster_active": active,
+        }
+        if route is not None:
+            loss = loss + self.router.aux_loss(route)
+            d = route.dispatch
+            stats.update(
+                load=d.load.float(),
+                dropped=d.dropped.float(),
+                routing_entropy=routing_entropy(route.probs),
+                balance_loss=route.balance_loss,
+                z_loss=route.z_loss,
+                router_probs=route.probs.mean(0),
+                chosen=route.chosen,
+                kept=d.kept,
+            )
+        if board is not None:
+            stats["board_occupancy"] = board.occupancy.float().mean()
+        stats["seq_nll"] = nll.mean(1).detach()  # [B] for per-domain losses
+        cl_nll = -(lp.gather(-1, y_pad.unsqueeze(-1)).squeeze(-1)).mean(-1)  # [C, cap]
+        stats["cluster_loss"] = (cl_nll * valid).sum(1) / active.clamp(min=1)  # [C]
+        return StepOut(loss, task_loss, module_loss, stats, trace)
+
+    # ------------------------------------------------------------------ memory and board
+
+    def _memory(
+        self,
+        wave: _Wave,
+        sidx: Tensor,
+        msgs: Tensor | None,
+        board: board_ops.BoardWrite | None,
+        count: dict[str, Tensor],
+        active: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """Per-position memory of the wave's modules: [w, n, cap, T, P, Dm] and mask [.., P]."""
+        W = wave.clusters
+        w, cap = sidx.shape
+        n = self.topology.cluster_size
+        a = active[W]  # [w]
+        parts, masks = [], []
+        if self.slots:
+            assert board is not None
+            pad = lambda t: torch.cat([t, t.new_zeros(1, *t.shape[1:])])  # noqa: E731
+            slots = pad(board.slots)[sidx]  # [w, cap, T, S, Dm]
+            occ = pad(board.occupancy)[sidx]  # [w, cap, T, S]
+            parts.append(slots[:, None].expand(w, n, *slots.shape[1:]))
+            masks.append(occ[:, None].expand(w, n, *occ.shape[1:]))
+            if wave.board:
+                count["read"] = count["read"] + (a * n).sum()
+        T = self.banks[0].block_size if msgs is None else msgs.shape[3]
+        if msgs is None:  # nobody has spoken yet: only the (empty) board exists
+            T = board.slots.shape[1] if board is not None else T
+            msgs_w = torch.zeros(w, n, cap, T, self.message_dim, device=sidx.device)
+        else:
+            msgs_w = msgs[W]  # [w, n, cap, T, Dm]
+        if self.has_mates:
+            parts.append(aggregate_mates(msgs_w, self.adjacency[W])[:, :, :, :, None])
+            has = wave.mates[:, None] & (self.adjacency[W].sum(-1) > 0)  # [w, n]
+            masks.append(has[:, :, None, None, None].expand(w, n, cap, T, 1))
+            count["mate"] = count["mate"] + (self.mate_edges[W] * a * wave.mates).sum()
+        if self.has_inputs:
+            ok = wave.input_ok  # [w, I]
+            src = msgs.mean(1)[wave.inputs] if msgs is not None else None  # [w, I, cap, T, Dm]
+            k = ok.sum(1)  # [w]
+            if src is None:
+                agg = msgs_w[:, 0]
+            else:
+                agg = (src * ok[:, :, None, None, None]).sum(1) / k.clamp(min=1)[
+                    :, None, None, None
+                ]
+            parts.append(agg[:, None, :, :, None].expand(w, n, cap, T, 1, self.message_dim))
+            masks.append((k > 0)[:, None, None, None, None].expand(w, n, cap, T, 1))
+            count["input"] = count["input"] + (k * n * a).sum()
+        return torch.cat(parts, dim=4), torch.cat(masks, dim=4)
+
+    def _write_board(
+        self,
+        board: board_ops.BoardWrite,
+        route: Any,
+        msgs: Tensor,
+        sal: Tensor,
+        wave: _Wave,
+        knobs: Knobs,
+        count: dict[str, Tensor],
+        writes: Tensor,
+    ) -> board_ops.BoardWrite:
+        """The wave's modules propose (message, sigmoid(salience)) for their sequences."""
+        C, n, cap, T, Dm = msgs.shape
+        B, k = route.chosen.shape
+        d = route.dispatch
+        ok = d.kept & wave.in_wave[route.chosen]  # [B, k] the choice fired in this wave
+        index = torch.where(ok, route.chosen * cap + d.slot, C * cap)  # [B, k]
+        flat_m = msgs.permute(0, 2, 3, 1, 4).reshape(C * cap, T, n, Dm)
+        flat_s = sal.permute(0, 2, 3, 1).reshape(C * cap, T, n)
+        flat_m = torch.cat([flat_m, flat_m.new_zeros(1, T, n, Dm)])
+        flat_s = torch.cat([flat_s, flat_s.new_full((1, T, n), float("-inf"))])
+        props = flat_m[index].permute(0, 2, 1, 3, 4).reshape(B, T, k * n, Dm)
+        strength = torch.sigmoid(flat_s[index].float()).permute(0, 2, 1, 3).reshape(B, T, k * n)
+        new = board_ops.write(
+            board.slots,
+            board.strength,
+            props.to(board.slots.dtype),
+            strength.to(board.strength.dtype),
+            knobs.threshold,
+            self.cfg.blackboard.decay,
+        )
+        # who wrote: winners with source >= S are proposals; p = (choice p // n, mate p % n)
+        S = board.slots.shape[2]
+        p = new.source - S  # [B, T, S]
+        won = p >= 0
+        choice = p.clamp(min=0) // n
+        mate = p.clamp(min=0) % n
+        cluster = route.chosen.gather(1, choice.view(B, -1)).view_as(p)  # [B, T, S]
+        writer = self.module_ids[cluster, mate]  # [B, T, S]
+        hit = torch.zeros(B, self.n_modules, device=msgs.device)
+        hit.scatter_(1, torch.where(won, writer, 0).view(B, -1), won.view(B, -1).float())
+        writes += (hit > 0).float().sum(0)  # (module, sequence) pairs that wrote this round
+        count["write"] = count["write"] + (hit > 0).float().sum()
+        return new
+
+    def _trace_reads(self, wave: _Wave) -> list[tuple[str, Any, Any]]:
+        """Host-side record of the deliveries of a wave (tests and diagnostics only)."""
+        topo = self.topology
+        out = []
+        for i, c in enumerate(wave.clusters.tolist()):
+            if self.has_mates and wave.mates[i]:
+                a = topo.adjacency[c]
+                for r, s in a.nonzero().tolist():
+                    out.append(("mate", topo.module_id(c, s), topo.module_id(c, r)))
+            for src, ok in zip(wave.inputs[i].tolist(), wave.input_ok[i].tolist(), strict=True):
+                if ok:
+                    for s in range(topo.cluster_size):
+                        for r in range(topo.cluster_size):
+                            out.append(("input", topo.module_id(src, s), topo.module_id(c, r)))
+            if wave.board:
+                out += [
+                    ("read", "blackboard", topo.module_id(c, j)) for j in range(topo.cluster_size)
+                ]
+        return out
+
+
+def _update(state: Tensor | None, W: Tensor, new: Tensor, C: int) -> Tensor:
+    """Out-of-place write of the wave's rows into a [C, ...] state (keeps autograd intact)."""
+    if new.shape[0] == C:
+        return new
+    if state is None:
+        state = new.new_zeros(C, *new.shape[1:])
+    return state.index_copy(0, W, new)
