@@ -90,7 +90,7 @@ def run(
     table.add_row(
         "throughput",
         f"{summary['tokens_per_s']:,.0f} tokens/s "
-        f"({summary['tokens_per_s'] * sim.n_modules:,.0f} module-tokens/s)",
+        f"({summary['module_tokens_per_s']:,.0f} module-token passes/s)",
     )
     table.add_row("wall time", f"{summary['wall_s']:.1f} s")
     table.add_row("run dir", summary["run_dir"])

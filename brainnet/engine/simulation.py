@@ -186,16 +186,16 @@ class Simulation:
 
     @torch.no_grad()
     def evaluate(self) -> tuple[Tensor, Tensor]:
-        """Validation on the fixed batches -> (task loss [], per-module CE [N])."""
+        """Validation on the fixed batches -> (task loss [], per-module CE [N]; NaN for a
+        module that no validation sequence was routed to)."""
         self.model.eval()
-        task = module = None
+        acc = _Accumulator()
         with self._autocast():
             for b in self.val_batches:
-                _, t, m, _ = self._losses(b)
-                task = t if task is None else task + t
-                module = m if module is None else module + m
-        n = len(self.val_batches)
-        return task / n, module / n
+                _, task, module, _ = self._losses(b)
+                acc.add({"task": task, "module": module})
+        mean = acc.mean()
+        return torch.tensor(mean["task"]), mean["module"]
 
     # ------------------------------------------------------------------ the loop
 
@@ -287,6 +287,7 @@ class Simulation:
             "final_val_loss": vals[-1] if vals else None,
             "final_train_loss": trains[-1]["train_loss"] if trains else None,
             "tokens_per_s": trains[-1]["tokens_per_s"] if trains else None,
+            "module_tokens_per_s": trains[-1]["module_tokens_per_s"] if trains else None,
             "wall_s": round(wall_s, 3),
         }
 
@@ -373,7 +374,7 @@ class Simulation:
         dl, dc = t.pop("domain_loss_sum"), t.pop("domain_count")
         out["domain_loss"] = (dl / dc.clamp(min=1e-9)).tolist()
         for k, v in t.items():
-            out[k] = v.tolist() if v.dim() else float(v)
+            out[k] = v.tolist() if isinstance(v, Tensor) else v
         return out
 
     # ------------------------------------------------------------------ checkpoints

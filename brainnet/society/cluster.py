@@ -48,7 +48,11 @@ def merge_routed(
     picked = flat[index]  # [B, k, T, V]
     w = gates.float() * kept  # [B, k]
     total = w.sum(-1, keepdim=True)  # [B, 1]
-    log_w = torch.log(w / total.clamp(min=1e-9)).masked_fill(~kept, float("-inf"))  # [B, k]
+    # never take log(0) or a logsumexp over nothing: their gradients are NaN even when masked
+    log_w = torch.log(torch.where(kept, w, 1.0) / total.clamp(min=1e-9))  # [B, k]
+    log_w = log_w.masked_fill(~kept, float("-inf"))
+    first = torch.arange(kept.shape[1], device=kept.device) == 0  # [k]
+    log_w = torch.where((total == 0) & first, 0.0, log_w)  # all dropped: a finite dummy
     mixed = torch.logsumexp(picked + log_w[:, :, None, None], dim=1)  # [B, T, V]
     uniform = torch.full_like(mixed, -math.log(V))
     return torch.where((total > 0)[:, :, None], mixed, uniform)

@@ -56,6 +56,9 @@ class StepOut:
     module_loss: Tensor  # [N] CE of each module on the sequences it processed (nan if none)
     stats: dict[str, Tensor]  # device scalars / vectors for logging (see Society.forward)
     trace: list[tuple[str, Any, Any]] = field(default_factory=list)  # (kind, sender, receiver)
+    route: Any = None  # the router's decision (routed topologies)
+    logits: Tensor | None = None  # [C, n, cap, T, V] every module's final prediction
+    seq_index: Tensor | None = None  # [C, cap] which sequence sits in each buffer row
 
 
 @dataclass
@@ -244,10 +247,13 @@ class Society(nn.Module):
         ).view(C, n, cap, T)
         per_slot = ce.mean(-1) * valid[:, None]  # [C, n, cap]
         module_ce = per_slot.sum(-1) / active[:, None].clamp(min=1)  # [C, n]
-        module_loss = torch.empty(self.n_modules, device=dev).scatter_(
-            0, self.module_ids.flatten(), module_ce.flatten()
-        )
         loss = task_loss + self.cfg.module_loss_weight * module_ce.mean()
+        idle = (active == 0)[:, None].expand(C, n)  # a module that saw no sequence: NaN
+        module_loss = torch.empty(self.n_modules, device=dev).scatter_(
+            0,
+            self.module_ids.flatten(),
+            module_ce.detach().masked_fill(idle, float("nan")).flatten(),
+        )
         stats: dict[str, Tensor] = {
             "messages_mate": count["mate"],
             "messages_input": count["input"],
@@ -274,7 +280,7 @@ class Society(nn.Module):
         stats["seq_nll"] = nll.mean(1).detach()  # [B] for per-domain losses
         cl_nll = -(lp.gather(-1, y_pad.unsqueeze(-1)).squeeze(-1)).mean(-1)  # [C, cap]
         stats["cluster_loss"] = (cl_nll * valid).sum(1) / active.clamp(min=1)  # [C]
-        return StepOut(loss, task_loss, module_loss, stats, trace)
+        return StepOut(loss, task_loss, module_loss, stats, trace, route, logits, seq_index)
 
     # ------------------------------------------------------------------ memory and board
 
