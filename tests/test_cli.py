@@ -21,7 +21,7 @@ runner = CliRunner()
 
 #: small enough to train 4 steps in about a second on a laptop CPU
 SMALL = [
-    "--set", "modules.0.count=2",
+    "--set", "modules.0.count=4",
     "--set", "train.batch_size=4",
     "--set", "train.eval_batches=2",
     "--set", "corpus.train_sequences=200",
@@ -107,7 +107,7 @@ def test_validate_show_fills_every_default(tmp_path: Path) -> None:
     assert data["description"] == builtin_yaml("quickstart")["description"]
     # set in quickstart.yaml
     assert data["train"]["lr"] == 3e-3 and data["train"]["steps"] == 300
-    assert data["modules"][0]["count"] == 8 and data["modules"][0]["d_model"] == 64
+    assert data["modules"][0]["count"] == 16 and data["modules"][0]["d_model"] == 64
     # not in quickstart.yaml: filled in from the defaults
     assert data["train"]["weight_decay"] == 0.1
     assert data["train"]["betas"] == [0.9, 0.99]
@@ -119,6 +119,8 @@ def test_validate_show_fills_every_default(tmp_path: Path) -> None:
     assert data["corpus"]["val_sequences"] == 1000
     assert data["corpus"]["domains"][0] == "copy" and len(data["corpus"]["domains"]) == 7
     assert data["modules"][0]["dropout"] == 0.0 and data["modules"][0]["bias"] is True
+    assert data["society"]["topology"] == "brain"
+    assert data["society"]["router"]["balance_weight"] == 0.01  # a default
     assert set(data) == {
         "name", "description", "seed", "device", "precision", "compile",
         "corpus", "modules", "train", "log", "out_dir", "society",
@@ -363,7 +365,7 @@ def test_run_writes_a_run_directory(tmp_path: Path) -> None:
     assert cfg["train"]["steps"] == 4
     assert cfg["train"]["eval_every"] == 2 and cfg["log"]["every"] == 2
     assert cfg["train"]["batch_size"] == 4
-    assert cfg["modules"][0]["count"] == 2
+    assert cfg["modules"][0]["count"] == 4
     assert cfg["corpus"]["train_sequences"] == 200
     assert cfg["device"] == "cpu"
     assert cfg["train"]["weight_decay"] == 0.1  # resolved: defaults filled in
@@ -375,8 +377,8 @@ def test_run_writes_a_run_directory(tmp_path: Path) -> None:
     assert [m["step"] for m in metrics] == [0, 2, 4]
     assert all(m["val_loss"] is not None for m in metrics)
     module_rows = pq.read_table(run_dir / "module_metrics.parquet").to_pylist()
-    assert len(module_rows) == 3 * 2
-    assert sorted({m["module"] for m in module_rows}) == [0, 1]
+    assert len(module_rows) == 3 * 4
+    assert sorted({m["module"] for m in module_rows}) == [0, 1, 2, 3]
 
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     kinds = [e["kind"] for e in events]
