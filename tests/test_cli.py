@@ -384,7 +384,7 @@ def test_run_writes_a_run_directory(tmp_path: Path) -> None:
     kinds = [e["kind"] for e in events]
     assert kinds[0] == "run_start" and kinds[-1] == "run_end"
     assert kinds.count("eval") == 3 and "checkpoint" in kinds
-    assert events[0]["n_modules"] == 2 and events[0]["device"] == "cpu"
+    assert events[0]["n_modules"] == 4 and events[0]["device"] == "cpu"
 
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert ckpt["step"] == 4
