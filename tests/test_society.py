@@ -262,3 +262,28 @@ def test_blackboard_proposals_come_from_the_modules_that_read_the_sequence():
     allowed = {soc.topology.module_id(c, j) for c in chosen.flatten().tolist() for j in range(4)}
     assert writers and writers <= allowed
     assert out.stats["board_occupancy"].item() == 1.0  # threshold 0: every slot is filled
+
+
+def test_arousal_forced_high_engages_more_clusters_and_rounds(tmp_path):
+    sc = brainnet.load_scenario(
+        "quickstart",
+        {
+            "corpus.block_size": T, "corpus.train_sequences": 200, "corpus.val_sequences": 50,
+            "modules.0.d_model": 16, "modules.0.n_layer": 1, "train.batch_size": 8,
+            "train.eval_every": 100, "train.eval_batches": 1, "log.every": 1, "device": "cpu",
+            "society.router.capacity_factor": 4.0,
+            "society.arousal": {"enabled": True, "rate": 0.01, "k_range": [1, 3],
+                                "rounds_range": [0, 2], "threshold_range": [0.9, 0.1]},
+        },
+    )  # fmt: skip
+    sim = brainnet.Simulation(sc, out_dir=tmp_path)
+    sim.arousal.force(1.0)
+    sim.run(steps=2)  # step 1 uses the initial knobs; the log after it reads arousal ~1
+    sim.arousal.force(0.0)
+    sim.run(steps=2)
+    rows = {r["step"]: r for r in sim.writer.rows}
+    high, low = rows[2], rows[4]
+    assert (high["k"], high["rounds"]) == (3, 2) and high["threshold"] == pytest.approx(0.1, abs=0.02)
+    assert (low["k"], low["rounds"]) == (1, 0) and low["threshold"] == pytest.approx(0.9, abs=0.02)
+    assert high["messages"] > low["messages"] and high["sim_time_ms"] > low["sim_time_ms"]
+    assert low["messages_mate"] == 0  # one pass: nobody has heard anyone yet
