@@ -129,6 +129,12 @@ def _check_module_type(name: str, obj: Any) -> None:
         raise RegistryError(
             f"module type {name!r}: {_where(obj)}.Config must subclass brainnet.ModuleConfig"
         )
+    declared = cfg.model_fields["type"].default
+    if declared != name:
+        raise RegistryError(
+            f"module type {name!r}: {_where(cfg)}.type defaults to {declared!r}; "
+            f"it must be {name!r} (the registered name)"
+        )
 
 
 def _check_corpus(name: str, obj: Any) -> None:

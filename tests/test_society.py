@@ -283,7 +283,8 @@ def test_arousal_forced_high_engages_more_clusters_and_rounds(tmp_path):
     sim.run(steps=2)
     rows = {r["step"]: r for r in sim.writer.rows}
     high, low = rows[2], rows[4]
-    assert (high["k"], high["rounds"]) == (3, 2) and high["threshold"] == pytest.approx(0.1, abs=0.02)
-    assert (low["k"], low["rounds"]) == (1, 0) and low["threshold"] == pytest.approx(0.9, abs=0.02)
+    assert (high["k"], high["rounds"]) == (3, 2) and (low["k"], low["rounds"]) == (1, 0)
+    assert high["threshold"] == pytest.approx(0.1, abs=0.02)
+    assert low["threshold"] == pytest.approx(0.9, abs=0.02)
     assert high["messages"] > low["messages"] and high["sim_time_ms"] > low["sim_time_ms"]
     assert low["messages_mate"] == 0  # one pass: nobody has heard anyone yet

@@ -54,7 +54,7 @@ def clip_per_module(bank: Bank, max_norm: float) -> Tensor:
     grads = [p.grad for p in bank.parameters() if p.grad is not None]
     M = bank.n_modules
     if not grads:
-        return torch.zeros(M)
+        return torch.zeros(M, device=next(bank.parameters()).device)
     sq = torch.stack([g.reshape(M, -1).float().pow(2).sum(1) for g in grads]).sum(0)  # [M]
     norms = sq.sqrt()
     if max_norm > 0:
