@@ -62,6 +62,9 @@ def run(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress bar or summary, for scripts.")
     ] = False,
+    report: Annotated[
+        bool, typer.Option("--report/--no-report", help="Write report.html at the end.")
+    ] = True,
 ) -> None:
     """Train a scenario and write a run directory (config, metrics, events, checkpoint)."""
     sc = _load(scenario, sets, **{"device": device, "train.steps": steps, "seed": seed})
@@ -80,6 +83,7 @@ def run(
             f"corpus {sc.corpus.kind}, {sc.train.steps} steps"
         )
     summary = sim.run(progress=not quiet)
+    page = _report(Path(summary["run_dir"])) if report else None
     if quiet:
         print(summary["run_dir"])
         return
@@ -94,7 +98,49 @@ def run(
     )
     table.add_row("wall time", f"{summary['wall_s']:.1f} s")
     table.add_row("run dir", summary["run_dir"])
+    if page is not None:
+        table.add_row("report", str(page))
     out.print(table)
+
+
+def _report(run_dir: Path) -> Path:
+    from brainnet.viz.report import render
+
+    return render(run_dir)
+
+
+def _run_dir(path: Path) -> Path:
+    if not (path / "config.yaml").is_file():
+        _fail(
+            f"run directory {str(path)!r}: no config.yaml; allowed: a directory written by "
+            "`brainnet run`"
+        )
+    return path
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (runs/<name>-<time>).")],
+) -> None:
+    """Write RUN_DIR/report.html: summary table and plots, one self-contained file."""
+    out.print(f"wrote {_report(_run_dir(run_dir))}")
+
+
+@app.command()
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Two or more run directories.")],
+    out_file: Annotated[Path, typer.Option("--out", help="Where to write the page.")] = Path(
+        "compare.html"
+    ),
+) -> None:
+    """Overlay runs: loss against steps and against messages sent; writes one HTML page."""
+    from brainnet.viz.report import compare as render_compare
+    from brainnet.viz.table import markdown
+
+    dirs = [_run_dir(d) for d in run_dirs]
+    page = render_compare(dirs, out_file)
+    print(markdown(dirs))
+    out.print(f"wrote {page}")
 
 
 @app.command()

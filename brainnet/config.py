@@ -238,6 +238,9 @@ class LogConfig(Strict):
     checkpoint_every: int = Field(
         0, ge=0, description="checkpoint every this many steps; 0 = only at the end"
     )
+    tensorboard: bool = Field(
+        False, description="also write scalars to <run dir>/tensorboard (needs tensorboard)"
+    )
 
 
 class Scenario(Strict):

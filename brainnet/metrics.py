@@ -37,6 +37,7 @@ class RunWriter:
         path.mkdir(parents=True)
         self.path = path
         self.rows: list[dict[str, Any]] = []
+        self.last_event = ""
         self.module_rows: list[dict[str, Any]] = []
 
     def write_text(self, name: str, text: str) -> None:
@@ -48,6 +49,8 @@ class RunWriter:
     def event(self, kind: str, step: int, **fields: Any) -> None:
         """Append one event (a line of JSON) to events.jsonl."""
         rec = {"step": step, "kind": kind, "time": round(time.time(), 3), **fields}
+        if kind not in ("eval", "checkpoint", "run_start", "run_end"):
+            self.last_event = f"{kind}@{step}"  # shown by the progress bar
         with open(self.path / "events.jsonl", "a") as f:
             f.write(json.dumps(rec) + "\n")
 

@@ -1,0 +1,1 @@
+"""Plots and reports from run directories (installed as brainnet.viz; reads files only)."""

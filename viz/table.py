@@ -1,6 +1,6 @@
 """Print a markdown table comparing run directories (reads run directories only).
 
-    python -m viz.table runs/topologies/*
+    python -m brainnet.viz.table runs/topologies/*
 
 Columns: scenario, topology, parameters, final validation loss, messages and bytes per step,
 simulated time per step, wall time of the run.

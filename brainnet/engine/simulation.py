@@ -96,6 +96,17 @@ class Simulation:
         self._losses = torch.compile(forward) if sc.compile else forward
         self.out_dir = Path(out_dir if out_dir is not None else sc.out_dir)
         self.writer: RunWriter | None = None
+        self.tensorboard: Any = None
+        if sc.log.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+            except ImportError:
+                raise ScenarioError(
+                    [
+                        "log.tensorboard = true: the tensorboard package is not installed; "
+                        "allowed: false, or install it (pip install 'brainnet[tensorboard]')"
+                    ]
+                ) from None
 
     # ------------------------------------------------------------------ the step
 
@@ -237,7 +248,7 @@ class Simulation:
                         row.update(arousal=a, focus=focus, **vars(self.knobs))
                         self.knobs = self._knobs(a)
                     self._log(w, row, train, self._eval_host() if do_eval else None, callbacks)
-                    bar.update(step, w.rows[-1])
+                    bar.update(step, w.rows[-1], w.last_event)
                     acc = _Accumulator()
                     t0 = time.perf_counter()
                 every = sc.log.checkpoint_every
@@ -297,6 +308,12 @@ class Simulation:
             self.writer = w = RunWriter(self.out_dir, sc.name)
             w.write_text("config.yaml", sc.to_yaml())
             w.write_json("vocab.json", self.corpus.vocab())
+            if self.society is not None:
+                w.write_json("topology.json", self.society.topology.to_json())
+            if sc.log.tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tensorboard = SummaryWriter(str(w.path / "tensorboard"))
             per_module = {type(b).__name__: b.num_params_per_module() for b in self.banks}
             w.event(
                 "run_start",
@@ -348,6 +365,11 @@ class Simulation:
             for m in range(self.n_modules)
         ]
         w.log(row, module_rows)
+        if self.tensorboard is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.tensorboard.add_scalar(k, v, row["step"])
+            self.tensorboard.flush()
         if val is not None:
             w.event("eval", row["step"], val_loss=row["val_loss"])
             w.flush()
@@ -494,11 +516,20 @@ class _Progress:
         if self.enabled:
             self.p.update(self.task, completed=step)
 
-    def update(self, step: int, row: dict[str, Any]) -> None:
+    def update(self, step: int, row: dict[str, Any], last_event: str = "") -> None:
+        """Show step, losses, throughput and, when the run has them, arousal, Δφ, last event."""
         if not self.enabled:
             return
         if row["val_loss"] is not None:
             self.val = row["val_loss"]
-        val = "" if self.val is None else f"  val {self.val:.3f}"
-        info = f"loss {row['train_loss']:.3f}{val}  {row['tokens_per_s']:,.0f} tok/s"
-        self.p.update(self.task, completed=step, info=info)
+        parts = [f"loss {row['train_loss']:.3f}"]
+        if self.val is not None:
+            parts.append(f"val {self.val:.3f}")
+        parts.append(f"{row['tokens_per_s']:,.0f} tok/s")
+        if row.get("arousal") is not None:
+            parts.append(f"arousal {row['arousal']:.2f} (k={row['k']}, R={row['rounds']})")
+        if row.get("delta_phi") is not None:
+            parts.append(f"Δφ {row['delta_phi']:.3f}")
+        if last_event:
+            parts.append(last_event)
+        self.p.update(self.task, completed=step, info="  ".join(parts))

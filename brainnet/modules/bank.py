@@ -137,6 +137,21 @@ def attend_with_memory(
     return att[..., :T] @ v + torch.einsum("zhtp,zhtpd->zhtd", att[..., T:], vm)
 
 
+def output_heads(x: Tensor, w: dict[str, Tensor | None]) -> BankOutput:
+    """The heads every LM type shares: final LayerNorm, LM head (the token embedding ``wte``
+    transposed when ``head_w`` is None), message and salience, all per position.
+
+    x [M, B, T, D]; w holds lnf_w / lnf_b [M, D], wte [M, V, D], head_w [M, D, V] | None,
+    msg_w [M, D, Dm], msg_b [M, Dm], sal_w [M, D], sal_b [M, 1].
+    """
+    x = bank_layer_norm(x, w["lnf_w"], w["lnf_b"])  # [M, B, T, D]
+    head = w["wte"].transpose(1, 2) if w["head_w"] is None else w["head_w"]  # [M, D, V]
+    logits = bmm_linear(x, head, None)  # [M, B, T, V]
+    message = bmm_linear(x, w["msg_w"], w["msg_b"])  # [M, B, T, Dm]
+    salience = bmm_linear(x, w["sal_w"].unsqueeze(-1), w["sal_b"]).squeeze(-1)  # [M, B, T]
+    return BankOutput(logits, message, salience)
+
+
 def module_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     """Mean next-token cross-entropy of each module.
 

@@ -54,7 +54,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from brainnet.config import ModuleConfig
-from brainnet.modules.bank import Bank, BankOutput, bank_layer_norm, bmm_linear, pick
+from brainnet.modules.bank import Bank, BankOutput, bmm_linear, output_heads, pick
 from brainnet.registry import MODULE_TYPES
 
 
@@ -168,12 +168,7 @@ class RecurrentBank(Bank):
             x = torch.stack(outs, dim=2)  # [M, B, T, D]
             x = F.dropout(x, cfg.dropout, self.training)  # between layers, and on the output
 
-        x = bank_layer_norm(x, w["lnf_w"], w["lnf_b"])  # [M, B, T, D]
-        head = w["wte"].transpose(1, 2) if w["head_w"] is None else w["head_w"]  # [M, D, V]
-        logits = bmm_linear(x, head, None)  # [M, B, T, V]
-        message = bmm_linear(x, w["msg_w"], w["msg_b"])  # [M, B, T, Dm]
-        salience = bmm_linear(x, w["sal_w"].unsqueeze(-1), w["sal_b"]).squeeze(-1)  # [M, B, T]
-        return BankOutput(logits, message, salience)
+        return output_heads(x, w)
 
     def export(self, m: int) -> TinyGRU:
         """A standalone copy of module ``m`` (same numbers, ordinary layers and nn.GRU)."""

@@ -33,6 +33,7 @@ from brainnet.modules.bank import (
     attend_with_memory,
     bank_layer_norm,
     bmm_linear,
+    output_heads,
     pick,
 )
 from brainnet.registry import MODULE_TYPES
@@ -188,12 +189,7 @@ class TransformerBank(Bank):
                 bmm_linear(h, w["fc2_w"][:, l], _at(w["fc2_b"], l)), cfg.dropout, self.training
             )
 
-        x = bank_layer_norm(x, w["lnf_w"], w["lnf_b"])  # [M, B, T, D]
-        head = w["wte"].transpose(1, 2) if w["head_w"] is None else w["head_w"]  # [M, D, V]
-        logits = bmm_linear(x, head, None)  # [M, B, T, V]
-        message = bmm_linear(x, w["msg_w"], w["msg_b"])  # [M, B, T, Dm]
-        salience = bmm_linear(x, w["sal_w"].unsqueeze(-1), w["sal_b"]).squeeze(-1)  # [M, B, T]
-        return BankOutput(logits, message, salience)
+        return output_heads(x, w)
 
     def export(self, m: int) -> TinyLM:
         """A standalone copy of module ``m`` (same numbers, ordinary nn.Linear layers)."""

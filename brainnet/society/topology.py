@@ -64,6 +64,10 @@ class Topology:
     def n_modules(self) -> int:
         return self.n_clusters * self.cluster_size
 
+    def to_json(self) -> dict:
+        """The module-level graph as node-link JSON (what viz/ draws)."""
+        return nx.node_link_data(self.graph, edges="links")
+
     def cluster_of(self, module: int) -> int:
         """Global module id (banks concatenated, each cluster-major) -> cluster."""
         for n_b in self.bank_sizes:

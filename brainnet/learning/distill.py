@@ -1,0 +1,342 @@
+"""Distillation between modules: an EMA teacher per bank, KD / deep-mutual-learning losses and
+the Warmup-Distill correction of student samples. Everything is batched over the module axis M.
+
+Formulas (docs/learning.md has the derivations and references)::
+
+    KD_T(s, t)   = T² · KL( softmax(t / T) ‖ softmax(s / T) )        batch-mean, per module
+    loss_m       = α · CE(s_m, y) + (1 − α) · KD_m
+    KD_m         = KD_T(s_m, teacher_m)                     teacher = "ema"
+                 | mean_p KD_T(s_m, peer_{m,p})             teacher = "peers" (DML, detached)
+                 | (KD_T(s_m, teacher_m) + mean_p ...) / 2  teacher = "both"
+    EMA          θ_teacher ← θ_teacher + (1 − m_step) · (θ_student − θ_teacher)
+
+Teacher and peer logits are always detached here: no gradient ever reaches a teacher, and in
+deep mutual learning each module learns from its peers' predictions without pushing on them.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import Tensor
+
+from brainnet.config import Strict
+from brainnet.modules.bank import Bank, module_cross_entropy
+
+# --------------------------------------------------------------------------- config
+
+
+class EMAConfig(Strict):
+    """Momentum m of the EMA teacher and its schedule over optimiser steps."""
+
+    momentum: float = Field(
+        0.99, ge=0, lt=1, description="EMA momentum m (target of warmup, start of cosine)"
+    )
+    schedule: Literal["constant", "warmup", "cosine"] = Field(
+        "constant",
+        description="constant m; warmup: min(m, 1 - (1 + step/gamma)^-power) (timm ModelEmaV3); "
+        "cosine: 1 - (1 - m)(cos(pi step/total) + 1)/2, reaching 1 at total (BYOL, DINO)",
+    )
+    warmup_gamma: float = Field(1.0, gt=0, description="gamma of the warmup schedule")
+    warmup_power: float = Field(0.75, gt=0, description="power of the warmup schedule")
+    total_steps: int | None = Field(
+        None, ge=1, description="cosine: step at which m reaches 1; None = the run's train.steps"
+    )
+
+
+class WarmupCorrectionConfig(Strict):
+    """Warmup-Distill (arXiv 2502.11766): correct the student's own samples with the teacher."""
+
+    enabled: bool = Field(False, description="distil on teacher-corrected student samples")
+    prompt: int = Field(8, ge=1, description="tokens of the real sequence kept as the prompt")
+    threshold: float = Field(
+        0.1,
+        gt=0,
+        lt=1,
+        description="sampled tokens the teacher gives less probability are replaced",
+    )
+    temperature: float = Field(1.0, gt=0, description="sampling temperature (student and teacher)")
+
+
+class DistillConfig(Strict):
+    """Distillation between modules (see docs/learning.md)."""
+
+    enabled: bool = Field(False, description="add the distillation loss")
+    every: int = Field(1, ge=1, description="K: distil every K steps (1 = continuously)")
+    teacher: Literal["ema", "peers", "both"] = Field(
+        "ema", description="ema: the EMA snapshot; peers: cluster mates (DML); both: the average"
+    )
+    temperature: float = Field(2.0, gt=0, description="softmax temperature T of the KD term")
+    alpha: float = Field(
+        0.5, ge=0, le=1, description="weight of hard-label CE; 1 - alpha weighs T²·KL"
+    )
+    ema: EMAConfig = Field(default_factory=EMAConfig)
+    warmup_correction: WarmupCorrectionConfig = Field(default_factory=WarmupCorrectionConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> DistillConfig:
+        if self.warmup_correction.enabled and self.teacher == "peers":
+            raise ValueError(
+                "@field:warmup_correction.enabled:true:needs a teacher to score samples; "
+                "set teacher to 'ema' or 'both'"
+            )
+        return self
+
+    def due(self, step: int) -> bool:
+        """Distil at this step? (enabled and every K-th step)."""
+        return self.enabled and step % self.every == 0
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def kd_loss(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float, per_module: bool = False
+) -> Tensor:
+    """T² · KL(softmax(t/T) ‖ softmax(s/T)), averaged over every leading position.
+
+    student_logits [M, ..., V]; teacher_logits broadcastable to it (detached here: no gradient
+    ever reaches the teacher). Computed in fp32. Returns [M] (mean over all dims but the first
+    and the last) when ``per_module``, else the scalar mean over all positions.
+    """
+    T = float(temperature)
+    log_s = F.log_softmax(student_logits.float() / T, dim=-1)  # [M, ..., V]
+    log_t = F.log_softmax(teacher_logits.detach().float() / T, dim=-1)  # [M, ..., V]
+    kl = (log_t.exp() * (log_t - log_s)).sum(-1)  # [M, ...]  KL per position
+    kl = kl * (T * T)
+    if per_module:
+        return kl.reshape(kl.shape[0], -1).mean(1)  # [M]
+    return kl.mean()
+
+
+def distill_loss(
+    student_logits: Tensor,
+    targets: Tensor,
+    teacher_logits: Tensor | None = None,
+    peer_logits: Tensor | None = None,
+    alpha: float = 0.5,
+    temperature: float = 2.0,
+) -> Tensor:
+    """Per-module distillation loss α·CE + (1 − α)·T²·KL, batch-mean -> [M].
+
+    student_logits [M, B, T, V]; targets [B, T] (shared) or [M, B, T];
+    teacher_logits [M, B, T, V] | None (e.g. the EMA teacher's);
+    peer_logits [M, P, B, T, V] | None: P peers per module (deep mutual learning: the mean KL
+    over peers; peers are detached). With both, the KL term is (teacher + mean over peers) / 2.
+    With neither (or P = 0 peers and no teacher) the loss is the plain CE.
+    """
+    ce = module_cross_entropy(student_logits, targets)  # [M]
+    if peer_logits is not None and peer_logits.shape[1] == 0:
+        peer_logits = None  # a module alone in its cluster has no mates
+    terms = []
+    if teacher_logits is not None:
+        terms.append(kd_loss(student_logits, teacher_logits, temperature, per_module=True))
+    if peer_logits is not None:
+        # [M, 1, B, T, V] vs [M, P, B, T, V]: the per-module mean over (P, B, T) is the mean
+        # over peers of each peer's batch-mean KL (every peer has B·T positions)
+        terms.append(
+            kd_loss(student_logits.unsqueeze(1), peer_logits, temperature, per_module=True)
+        )
+    if not terms:
+        return ce
+    kd = terms[0] if len(terms) == 1 else (terms[0] + terms[1]) / 2  # [M]
+    return alpha * ce + (1.0 - alpha) * kd
+
+
+def gather_peers(logits: Tensor, peer_index: Tensor) -> Tensor:
+    """Peers' logits per module: logits [M, B, T, V], peer_index [M, P] long -> [M, P, B, T, V].
+
+    For router-selected (or any other) peer sets; one batched gather.
+    """
+    M, P = peer_index.shape
+    return logits.index_select(0, peer_index.reshape(-1)).view(M, P, *logits.shape[1:])
+
+
+def mates_index(n: int, device: torch.device | None = None) -> Tensor:
+    """[n, n − 1] long: row i lists 0..n−1 without i (built with tensor ops, no loop)."""
+    j = torch.arange(n - 1, device=device)  # [n-1]
+    i = torch.arange(n, device=device)  # [n]
+    return j[None, :] + (j[None, :] >= i[:, None]).long()  # [n, n-1]
+
+
+def peer_logits_from_clusters(logits: Tensor) -> Tensor:
+    """Each module's cluster mates: logits [C, n, B, T, V] -> [C·n, n − 1, B, T, V].
+
+    Row c·n + i holds the logits of modules (c, j), j ≠ i, in increasing j. One gather with an
+    index tensor; n = 1 gives an empty peer axis.
+    """
+    C, n = logits.shape[:2]
+    peers = logits[:, mates_index(n, logits.device)]  # [C, n, n-1, B, T, V]
+    return peers.reshape(C * n, n - 1, *logits.shape[2:])
+
+
+# --------------------------------------------------------------------------- EMA teacher
+
+
+def ema_momentum(step: int, cfg: EMAConfig, total_steps: int | None = None) -> float:
+    """The EMA momentum at optimiser step ``step`` under ``cfg.schedule``.
+
+    constant: m.  warmup (timm ModelEmaV3): min(m, 1 − (1 + step/γ)^−p), 0 at step 0.
+    cosine (BYOL / DINO): 1 − (1 − m)·(cos(π·step/total) + 1)/2: m at 0, exactly 1 from total.
+    ``total_steps`` is used when ``cfg.total_steps`` is None.
+    """
+    m = cfg.momentum
+    if cfg.schedule == "constant":
+        return m
+    if cfg.schedule == "warmup":
+        return min(m, 1.0 - (1.0 + max(step, 0) / cfg.warmup_gamma) ** -cfg.warmup_power)
+    total = cfg.total_steps or total_steps
+    if total is None:
+        raise ValueError("ema.schedule 'cosine' needs ema.total_steps or the run's step count")
+    ratio = min(max(step, 0), total) / total
+    return 1.0 - (1.0 - m) * (math.cos(math.pi * ratio) + 1.0) / 2.0
+
+
+class EMATeacher:
+    """An exponential-moving-average copy of every bank (mean teacher / BYOL / DINO target).
+
+    Holds ``copy.deepcopy`` of each student bank in eval mode with ``requires_grad_(False)``:
+    the teacher never receives gradients and is not an nn.Module attribute of anything, so no
+    optimiser sees it. ``update(step)`` is ONE ``torch._foreach_lerp_`` over all stacked
+    tensors of all banks: teacher ← teacher + (1 − m)·(student − teacher).
+    """
+
+    def __init__(
+        self, banks: Sequence[Bank], cfg: EMAConfig | None = None, total_steps: int | None = None
+    ) -> None:
+        self.cfg = cfg or EMAConfig()
+        self.total_steps = total_steps
+        self.students = list(banks)
+        self.banks: list[Bank] = []
+        for bank in self.students:
+            teacher = copy.deepcopy(bank)
+            teacher.requires_grad_(False)
+            teacher.eval()
+            self.banks.append(teacher)
+        self.last_momentum: float | None = None
+
+    def momentum(self, step: int) -> float:
+        return ema_momentum(step, self.cfg, self.total_steps)
+
+    def _pairs(self) -> tuple[list[Tensor], list[Tensor]]:
+        t = [p for bank in self.banks for p in bank.parameters()]
+        s = [p.detach() for bank in self.students for p in bank.parameters()]
+        if len(t) != len(s) or any(a.shape != b.shape for a, b in zip(t, s, strict=True)):
+            raise ValueError(
+                "EMA teacher and student banks no longer match (reorganised? use select_rows)"
+            )
+        return t, s
+
+    @torch.no_grad()
+    def update(self, step: int) -> float:
+        """One EMA step at momentum m(step) over every stacked tensor; returns m."""
+        m = self.momentum(step)
+        t, s = self._pairs()
+        if hasattr(torch, "_foreach_lerp_"):
+            torch._foreach_lerp_(t, s, 1.0 - m)
+        else:  # pragma: no cover - torch without foreach lerp
+            for a, b in zip(t, s, strict=True):
+                a.lerp_(b, 1.0 - m)
+        self.last_momentum = m
+        return m
+
+    @torch.no_grad()
+    def logits(
+        self,
+        bank_index: int,
+        tokens: Tensor,
+        memory: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+        idx: Tensor | None = None,
+    ) -> Tensor:
+        """The teacher bank's logits [M', B, T, V] (no graph) for tokens [M', B, T]."""
+        return self.banks[bank_index](tokens, memory, memory_mask, idx=idx).logits
+
+    @torch.no_grad()
+    def select_rows(self, bank_index: int, rows: Tensor) -> None:
+        """Reorder / gather the teacher's modules of one bank in place: row i ← row rows[i].
+
+        Follows a reorganisation of the student bank (``p.data = p.data[rows]``).
+        """
+        for p in self.banks[bank_index].parameters():
+            p.data = p.data.index_select(0, rows.to(p.device))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"banks": [bank.state_dict() for bank in self.banks]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if len(state["banks"]) != len(self.banks):
+            raise ValueError(
+                f"EMA state has {len(state['banks'])} banks, the teacher {len(self.banks)}"
+            )
+        for bank, sd in zip(self.banks, state["banks"], strict=True):
+            bank.load_state_dict(sd)
+
+
+# --------------------------------------------------------------------------- Warmup-Distill
+
+
+@torch.no_grad()
+def warmup_correct(
+    student: Bank,
+    teacher: Bank,
+    tokens: Tensor,
+    prompt: int,
+    threshold: float,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    idx: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Warmup-Distill (arXiv 2502.11766): teacher-corrected student samples.
+
+    tokens [M, B, T] long (modules ``idx`` of both banks, all when None). The first ``prompt``
+    tokens are kept. The student samples positions prompt..T−1 autoregressively (one batched
+    bank call per position on the growing prefix, ``torch.multinomial`` over [M·B, V] at
+    ``temperature``). The teacher then scores the whole student sample in ONE call: wherever
+    the teacher's probability (at temperature 1) of the sampled token is < ``threshold``, the
+    token is replaced by one sampled from the teacher at that position (at ``temperature``).
+
+    Approximation (the paper's one-pass "checker"): the teacher's distribution at position t
+    conditions on the student's uncorrected prefix, and later student tokens are not
+    re-sampled after an earlier replacement; the corrected sequence is therefore a per-token
+    repair of the student's sample, not a fresh sample from a student-teacher mixture.
+
+    The last token is never fed to either model, so ``tokens`` may be block_size + 1 long
+    (x with y's last token appended); distil on corrected[..., :-1] -> corrected[..., 1:].
+    Both banks run in eval mode (training flags restored). Returns (corrected [M, B, T] long,
+    replaced_fraction [M]: share of the B·(T − prompt) generated tokens that were replaced).
+    """
+    M, B, T = tokens.shape
+    if prompt < 1:
+        raise ValueError(f"prompt must be >= 1, got {prompt}")
+    seq = tokens.clone()
+    replaced = torch.zeros(M, device=tokens.device)
+    if prompt >= T:
+        return seq, replaced
+    modes = (student.training, teacher.training)
+    student.eval()
+    teacher.eval()
+    try:
+        for t in range(prompt, T):  # over positions, never over modules
+            logits = student(seq[:, :, :t], idx=idx).logits[:, :, -1]  # [M, B, V]
+            V = logits.shape[-1]
+            probs = F.softmax(logits.float() / temperature, dim=-1).view(M * B, V)
+            seq[:, :, t] = torch.multinomial(probs, 1, generator=generator).view(M, B)
+        t_logits = teacher(seq[:, :, :-1], idx=idx).logits[:, :, prompt - 1 :]  # [M,B,G,V]
+    finally:
+        student.train(modes[0])
+        teacher.train(modes[1])
+    G, V = T - prompt, t_logits.shape[-1]
+    sampled = seq[:, :, prompt:]  # [M, B, G]
+    p_sampled = F.softmax(t_logits.float(), dim=-1).gather(-1, sampled.unsqueeze(-1))[..., 0]
+    low = p_sampled < threshold  # [M, B, G]
+    t_probs = F.softmax(t_logits.float() / temperature, dim=-1).reshape(M * B * G, V)
+    t_sample = torch.multinomial(t_probs, 1, generator=generator).view(M, B, G)
+    seq[:, :, prompt:] = torch.where(low, t_sample, sampled)
+    return seq, low.float().reshape(M, -1).mean(1)
