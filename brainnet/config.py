@@ -209,6 +209,54 @@ class SocietyConfig(Strict):
     clock: ClockConfig = Field(default_factory=ClockConfig)
 
 
+# --------------------------------------------------------------------------- learning dynamics
+
+
+class CollapseConfig(Strict):
+    """When and how collapse is diagnosed."""
+
+    every: int = Field(50, ge=1, description="compute the diagnostics every this many steps")
+    samples: int = Field(8, ge=1, description="sequences sampled per module for distinct-n")
+    sample_length: int = Field(32, ge=1, description="tokens generated per sampled sequence")
+    n: int = Field(2, ge=1, le=8, description="n-gram size of distinct-n")
+    entropy_floor: float = Field(
+        0.5, ge=0, description="predictive entropy (nats) below which a module has collapsed"
+    )
+    distinct_floor: float = Field(
+        0.2, ge=0, le=1, description="distinct-n below which a module has collapsed"
+    )
+    ece_bins: int = Field(10, ge=1, le=1000, description="equal-width confidence bins of ECE")
+
+
+class EmergenceConfig(Strict):
+    """The emergence probe: how often, what it reads, and when a change counts as an event."""
+
+    every: int = Field(50, ge=1, description="steps between two probes")
+    probe_sequences: int = Field(32, ge=1, description="sequences in the fixed probe set")
+    grid: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] = Field(
+        (8, 8), description="(S, C): shape of the semantic grid every token is embedded into"
+    )
+    norm: Literal["fro", "l1"] = Field("fro", description="norm of Δφ: Frobenius or L1")
+    threshold: Literal["fixed", "adaptive"] = Field(
+        "adaptive", description="θ_t: fixed theta, or mean + kappa·std of recent Δφ"
+    )
+    theta: float = Field(1.0, gt=0, description="the fixed threshold θ (threshold = 'fixed')")
+    theta_floor: float = Field(
+        1e-6, gt=0, description="lower bound of the adaptive θ_t (a constant Δφ has std 0)"
+    )
+    kappa: float = Field(2.0, ge=0, description="adaptive θ_t = mean + kappa · std")
+    warmup: int = Field(
+        3, ge=1, description="Δφ values gathered before the adaptive θ_t is used (no event before)"
+    )
+    cooldown: int = Field(2, ge=0, description="probes after an event during which none fires")
+    alphas: tuple[float, float, float, float] = Field(
+        (1.0, 0.0, 0.0, 0.0), description="weights of (E_norm, θ_t, NCI_avg, V_T) in E_pot"
+    )
+    window: int = Field(
+        8, ge=1, description="recent Δφ values for V_T and the adaptive θ_t's mean and std"
+    )
+
+
 # --------------------------------------------------------------------------- fixed sections
 
 
@@ -262,6 +310,23 @@ class Scenario(Strict):
     society: SocietyConfig | None = Field(
         None, description="how modules are organised and talk; None = independent modules"
     )
+    collapse: CollapseConfig | None = Field(
+        None, description="collapse diagnostics per module (entropy, distinct-n, ECE, ...)"
+    )
+    emergence: EmergenceConfig | None = Field(
+        None, description="the semantic-state probe φ and its Δφ events (feeds arousal)"
+    )
+
+    @model_validator(mode="after")
+    def _probes_on_log_steps(self) -> Scenario:
+        for name in ("collapse", "emergence"):
+            part = getattr(self, name)
+            if part is not None and part.every % self.log.every:
+                raise ValueError(
+                    f"@field:{name}.every:{part.every}:must be a multiple of log.every "
+                    f"({self.log.every}), so that its values land in a logged row"
+                )
+        return self
 
     @model_validator(mode="after")
     def _society_fits_modules(self) -> Scenario:

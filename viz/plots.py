@@ -54,9 +54,12 @@ def _fig(n: int = 1, width: float = 10, height: float = 3.6) -> tuple[Figure, li
 
 
 def _mark_events(ax: Any, run: Run) -> None:
+    """Dotted lines at reorganisations, dashed red at emergence events."""
     for e in run.events:
         if e["kind"] == "reorganize":
             ax.axvline(e["step"], color="k", ls=":", lw=0.8)
+        elif e["kind"] == "emergence":
+            ax.axvline(e["step"], color="#c44e52", ls="--", lw=0.6, alpha=0.6)
 
 
 # --------------------------------------------------------------------------- plots
@@ -220,10 +223,10 @@ def arousal(run: Run) -> Plot:
 
 def collapse(run: Run) -> Plot:
     mods = run.module_metrics.to_pylist()
-    keys = [k for k in ("entropy", "top1_mass", "distinct_n", "disagreement", "ece")
+    keys = [k for k in ("entropy", "top1_mass", "distinct_n", "disagreement", "ece", "delta_phi")
             if any(r.get(k) is not None for r in mods)]  # fmt: skip
     if not keys:
-        return "no collapse diagnostics in this run (they come with the distillation settings)"
+        return "no collapse diagnostics in this run (enable them with a `collapse:` section)"
     fig, axes = _fig(len(keys), 3.6 * len(keys))
     for ax, key in zip(axes, keys, strict=True):
         by_module: dict[int, list[tuple[int, float]]] = {}
@@ -243,14 +246,14 @@ def emergence(run: Run) -> Plot:
     rows = _rows(run)
     s, d = _series(rows, "delta_phi")
     if not len(d):
-        return "no emergence probe in this run (Δφ is measured when emergence is enabled)"
+        return "no emergence probe in this run (enable it with an `emergence:` section)"
     _, th = _series(rows, "theta")
     fig, (ax,) = _fig(1)
     ax.plot(s, d, "o-", label="Δφ")
     if len(th):
         ax.plot(s, th, "--", label="θ")
     _mark_events(ax, run)
-    ax.set(title="semantic state change and reorganisations (dotted)", xlabel="step")
+    ax.set(title="semantic state change; events dashed, reorganisations dotted", xlabel="step")
     ax.legend()
     return fig
 

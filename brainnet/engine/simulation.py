@@ -27,6 +27,9 @@ from brainnet.config import Scenario, ScenarioError, load_scenario
 from brainnet.data import Batch, build_corpus
 from brainnet.engine.checkpoint import load_checkpoint, save_checkpoint
 from brainnet.engine.optim import build_optimizer, clip_module, clip_per_module, lr_at
+from brainnet.learning.collapse import CollapseMonitor, cluster_probs, diagnose, peer_disagreement
+from brainnet.learning.collapse import sample as sample_bank
+from brainnet.learning.emergence import EmergenceTracker, probe_batch
 from brainnet.metrics import RunWriter
 from brainnet.modules import build_bank
 from brainnet.modules.bank import module_cross_entropy
@@ -92,6 +95,15 @@ class Simulation:
             self.corpus.batch("val", sc.train.batch_size, val_rng).to(self.device)
             for _ in range(sc.train.eval_batches)
         ]
+        # learning probes: a fixed probe set, read at log intervals only
+        self.probe = probe_batch(self.corpus, self._probe_size(), sc.seed + 3).to(self.device)
+        self.emergence = None
+        if sc.emergence is not None:
+            self.emergence = EmergenceTracker(sc.emergence, V, sc.seed, self.device)
+        self.collapse = (
+            None if sc.collapse is None else CollapseMonitor(sc.collapse, self.n_modules)
+        )
+        self.delta_phi_drive = 0.0  # E_norm of the last probe, felt by arousal every step
         forward = self.module_losses if self.society is None else self.society_losses
         self._losses = torch.compile(forward) if sc.compile else forward
         self.out_dir = Path(out_dir if out_dir is not None else sc.out_dir)
@@ -186,7 +198,9 @@ class Simulation:
         self.optimizer.zero_grad(set_to_none=True)
         if self.arousal is not None:
             probs = stats.get("router_probs")
-            self.arousal.update(task.detach(), None if probs is None else probs.detach()[None])
+            self.arousal.update(
+                task.detach(), None if probs is None else probs.detach()[None], self.delta_phi_drive
+            )
         self.step += 1
         return {
             "train_loss": task.detach(),
@@ -243,11 +257,14 @@ class Simulation:
                         "tokens_per_s": acc.n * tokens_per_step / dt,
                         "module_tokens_per_s": acc.n * self._module_tokens(tokens_per_step) / dt,
                     }
+                    probes, module_probes = self._learning_probes(step, w)
+                    row.update(probes)
                     if self.arousal is not None:  # arousal retunes the society here, not per step
                         a, focus = self.arousal.read()
                         row.update(arousal=a, focus=focus, **vars(self.knobs))
                         self.knobs = self._knobs(a)
-                    self._log(w, row, train, self._eval_host() if do_eval else None, callbacks)
+                    val = self._eval_host() if do_eval else None
+                    self._log(w, row, train, val, callbacks, module_probes)
                     bar.update(step, w.rows[-1], w.last_event)
                     acc = _Accumulator()
                     t0 = time.perf_counter()
@@ -259,6 +276,87 @@ class Simulation:
         w.event("run_end", self.step, **summary)
         w.flush()
         return summary
+
+    def _probe_size(self) -> int:
+        sc = self.scenario
+        sizes = [8] + [p.probe_sequences for p in (sc.emergence,) if p is not None]
+        sizes += [p.samples for p in (sc.collapse,) if p is not None]
+        return max(sizes)
+
+    @torch.no_grad()
+    def standalone_logits(self, batch: Batch) -> list[Tensor]:
+        """Every module alone (no memory) on ``batch``: one [M, B, T, V] tensor per bank."""
+        self.model.eval()
+        with self._autocast():
+            return [
+                bank(batch.x.unsqueeze(0).expand(bank.n_modules, -1, -1)).logits.float()
+                for bank in self.banks
+            ]
+
+    def _learning_probes(self, step: int, w: RunWriter) -> tuple[dict[str, Any], dict[str, list]]:
+        """Emergence (φ, Δφ, θ) and collapse diagnostics when due; events go to events.jsonl.
+
+        Runs at log steps only (``every`` is a multiple of ``log.every``): host reads are fine.
+        """
+        sc, row, per_module = self.scenario, {}, {}
+        due_e = self.emergence is not None and step % sc.emergence.every == 0
+        due_c = self.collapse is not None and step % sc.collapse.every == 0
+        if not (due_e or due_c):
+            return row, per_module
+        logits = self.standalone_logits(self.probe)  # per bank [M, B, T, V]
+        if due_e:
+            res = self.emergence.observe(torch.cat([self.emergence.phi(z) for z in logits]))
+            self.delta_phi_drive = self.emergence.arousal_input
+            row.update(
+                delta_phi=res["delta_phi"],
+                theta=res["theta"],
+                e_pot=res["e_pot"],
+                emergence_event=res["event"],
+            )
+            per_module["delta_phi"] = res["delta_phi_module"]
+            if res["event"]:
+                w.event(
+                    "emergence",
+                    step,
+                    delta_phi=res["delta_phi"],
+                    theta=res["theta"],
+                    e_pot=res["e_pot"],
+                    cause=f"Δφ {res['delta_phi']:.4g} > θ {res['theta']:.4g}",
+                )
+        if due_c:
+            cfg = sc.collapse
+            gen = torch.Generator(device=self.device).manual_seed(sc.seed + step)
+            diag: dict[str, list] = {}
+            for bank, z in zip(self.banks, logits, strict=True):
+                prompt = self.probe.x[: cfg.samples, :4].unsqueeze(0).expand(bank.n_modules, -1, -1)
+                samples = sample_bank(bank, prompt, cfg.sample_length, 1.0, gen)
+                for k, v in diagnose(z, self.probe.y, samples, cfg).items():
+                    diag.setdefault(k, []).extend(v.tolist())
+            if self.society is not None and self.society.topology.cluster_size > 1:
+                C = self.society.topology.n_clusters
+                z = torch.cat(logits)[self._cluster_order()]  # cluster-major
+                dis = peer_disagreement(cluster_probs(z, C)).flatten()
+                diag["disagreement"] = dis[self._cluster_rank()].tolist()
+            per_module.update(
+                entropy=diag["entropy"],
+                top1_mass=diag["top1"],
+                distinct_n=diag["distinct"],
+                ece=diag["ece"],
+                **({"disagreement": diag["disagreement"]} if "disagreement" in diag else {}),
+            )
+            for ev in self.collapse.check(diag["entropy"], diag["distinct"]):
+                w.event("collapse", step, **ev)
+            row["collapsed_modules"] = int(sum(self.collapse.collapsed))
+        return row, per_module
+
+    def _cluster_order(self) -> Tensor:
+        """Global module ids in cluster-major order (cluster 0's modules first)."""
+        return self.society.module_ids.flatten().cpu()
+
+    def _cluster_rank(self) -> Tensor:
+        """Inverse of _cluster_order: global id -> position in cluster-major order."""
+        order = self._cluster_order()
+        return torch.empty_like(order).scatter_(0, order, torch.arange(len(order)))
 
     def _eval_host(self) -> dict[str, Any]:
         task, module = self.evaluate()
@@ -335,6 +433,7 @@ class Simulation:
         train: dict[str, Any] | None,
         val: dict[str, Any] | None,
         callbacks: list[Callback],
+        module_probes: dict[str, list] | None = None,
     ) -> None:
         """Write one metrics row (+ one row per module) from host values."""
         train = train or {}
@@ -361,6 +460,7 @@ class Simulation:
                 "val_loss": _num(module_val, m),
                 "grad_norm": _num(norm, m),
                 "board_writes": _num(writes, m),
+                **{k: _num(v, m) for k, v in (module_probes or {}).items()},
             }
             for m in range(self.n_modules)
         ]
@@ -443,7 +543,7 @@ def _yaml_dict(text: str) -> dict[str, Any]:
     return yaml.safe_load(text)
 
 
-def _num(v: Tensor | None, i: int) -> float | None:
+def _num(v: Tensor | list | None, i: int) -> float | None:
     if v is None:
         return None
     x = float(v[i])

@@ -25,28 +25,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import Tensor
 
-from brainnet.config import Strict
+from brainnet.config import CollapseConfig  # noqa: F401 (re-exported)
 from brainnet.modules.bank import Bank
-
-
-class CollapseConfig(Strict):
-    """When and how collapse is diagnosed."""
-
-    every: int = Field(50, ge=1, description="compute the diagnostics every this many steps")
-    samples: int = Field(8, ge=1, description="sequences sampled per module for distinct-n")
-    sample_length: int = Field(32, ge=1, description="tokens generated per sampled sequence")
-    n: int = Field(2, ge=1, le=8, description="n-gram size of distinct-n")
-    entropy_floor: float = Field(
-        0.5, ge=0, description="predictive entropy (nats) below which a module has collapsed"
-    )
-    distinct_floor: float = Field(
-        0.2, ge=0, le=1, description="distinct-n below which a module has collapsed"
-    )
-    ece_bins: int = Field(10, ge=1, le=1000, description="equal-width confidence bins of ECE")
-
 
 # --------------------------------------------------------------------------- distribution metrics
 

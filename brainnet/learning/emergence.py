@@ -28,45 +28,15 @@ interval) reads its scalars back with one host transfer.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field
 from torch import Tensor, nn
 
-from brainnet.config import Strict
+from brainnet.config import EmergenceConfig  # noqa: F401 (re-exported)
 from brainnet.data.base import Batch, Corpus
 
 _EPS = 1e-8
-
-
-class EmergenceConfig(Strict):
-    """The emergence probe: how often, what it reads, and when a change counts as an event."""
-
-    every: int = Field(50, ge=1, description="steps between two probes")
-    probe_sequences: int = Field(32, ge=1, description="sequences in the fixed probe set")
-    grid: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] = Field(
-        (8, 8), description="(S, C): shape of the semantic grid every token is embedded into"
-    )
-    norm: Literal["fro", "l1"] = Field("fro", description="norm of Δφ: Frobenius or L1")
-    threshold: Literal["fixed", "adaptive"] = Field(
-        "adaptive", description="θ_t: fixed theta, or mean + kappa·std of recent Δφ"
-    )
-    theta: float = Field(1.0, gt=0, description="the fixed threshold θ (threshold = 'fixed')")
-    theta_floor: float = Field(
-        1e-6, gt=0, description="lower bound of the adaptive θ_t (a constant Δφ has std 0)"
-    )
-    kappa: float = Field(2.0, ge=0, description="adaptive θ_t = mean + kappa · std")
-    warmup: int = Field(
-        3, ge=1, description="Δφ values gathered before the adaptive θ_t is used (no event before)"
-    )
-    cooldown: int = Field(2, ge=0, description="probes after an event during which none fires")
-    alphas: tuple[float, float, float, float] = Field(
-        (1.0, 0.0, 0.0, 0.0), description="weights of (E_norm, θ_t, NCI_avg, V_T) in E_pot"
-    )
-    window: int = Field(
-        8, ge=1, description="recent Δφ values for V_T and the adaptive θ_t's mean and std"
-    )
 
 
 def probe_batch(corpus: Corpus, n: int, seed: int) -> Batch:
