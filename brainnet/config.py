@@ -257,6 +257,75 @@ class EmergenceConfig(Strict):
     )
 
 
+class EMAConfig(Strict):
+    """Momentum m of the EMA teacher and its schedule over optimiser steps."""
+
+    momentum: float = Field(
+        0.99, ge=0, lt=1, description="EMA momentum m (target of warmup, start of cosine)"
+    )
+    schedule: Literal["constant", "warmup", "cosine"] = Field(
+        "constant",
+        description="constant m; warmup: min(m, 1 - (1 + step/gamma)^-power) (timm ModelEmaV3); "
+        "cosine: 1 - (1 - m)(cos(pi step/total) + 1)/2, reaching 1 at total (BYOL, DINO)",
+    )
+    warmup_gamma: float = Field(1.0, gt=0, description="gamma of the warmup schedule")
+    warmup_power: float = Field(0.75, gt=0, description="power of the warmup schedule")
+    total_steps: int | None = Field(
+        None, ge=1, description="cosine: step at which m reaches 1; None = the run's train.steps"
+    )
+
+
+class WarmupCorrectionConfig(Strict):
+    """Warmup-Distill (arXiv 2502.11766): correct the student's own samples with the teacher."""
+
+    enabled: bool = Field(False, description="distil on teacher-corrected student samples")
+    prompt: int = Field(8, ge=1, description="tokens of the real sequence kept as the prompt")
+    threshold: float = Field(
+        0.1,
+        gt=0,
+        lt=1,
+        description="sampled tokens the teacher gives less probability are replaced",
+    )
+    temperature: float = Field(1.0, gt=0, description="sampling temperature (student and teacher)")
+
+
+class DistillConfig(Strict):
+    """Distillation between modules (see docs/learning.md)."""
+
+    enabled: bool = Field(False, description="add the distillation loss")
+    every: int = Field(1, ge=1, description="K: distil every K steps (1 = continuously)")
+    teacher: Literal["ema", "peers", "both"] = Field(
+        "ema", description="ema: the EMA snapshot; peers: cluster mates (DML); both: the average"
+    )
+    temperature: float = Field(2.0, gt=0, description="softmax temperature T of the KD term")
+    teacher_temperature: float | None = Field(
+        None, gt=0, description="teacher's own temperature (< T sharpens, as in DINO); None = T"
+    )
+    alpha: float = Field(
+        0.5, ge=0, le=1, description="weight of hard-label CE; 1 - alpha weighs T²·KL"
+    )
+    labels: bool = Field(
+        True,
+        description="False = the closed soft loop: only the distillation term is learned "
+        "from (no task loss, alpha ignored)",
+    )
+    ema: EMAConfig = Field(default_factory=EMAConfig)
+    warmup_correction: WarmupCorrectionConfig = Field(default_factory=WarmupCorrectionConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> DistillConfig:
+        if self.warmup_correction.enabled and self.teacher == "peers":
+            raise ValueError(
+                "@field:warmup_correction.enabled:true:needs a teacher to score samples; "
+                "set teacher to 'ema' or 'both'"
+            )
+        return self
+
+    def due(self, step: int) -> bool:
+        """Distil at this step? (enabled and every K-th step)."""
+        return self.enabled and step % self.every == 0
+
+
 # --------------------------------------------------------------------------- fixed sections
 
 
@@ -309,6 +378,9 @@ class Scenario(Strict):
     out_dir: str = Field("runs", description="run directories go to <out_dir>/<name>-<time>/")
     society: SocietyConfig | None = Field(
         None, description="how modules are organised and talk; None = independent modules"
+    )
+    distill: DistillConfig = Field(
+        default_factory=DistillConfig, description="EMA / peer self-distillation (off by default)"
     )
     collapse: CollapseConfig | None = Field(
         None, description="collapse diagnostics per module (entropy, distinct-n, ECE, ...)"

@@ -29,6 +29,7 @@ from brainnet.engine.checkpoint import load_checkpoint, save_checkpoint
 from brainnet.engine.optim import build_optimizer, clip_module, clip_per_module, lr_at
 from brainnet.learning.collapse import CollapseMonitor, cluster_probs, diagnose, peer_disagreement
 from brainnet.learning.collapse import sample as sample_bank
+from brainnet.learning.distill import EMATeacher, distill_loss, mates_index
 from brainnet.learning.emergence import EmergenceTracker, probe_batch
 from brainnet.metrics import RunWriter
 from brainnet.modules import build_bank
@@ -104,6 +105,10 @@ class Simulation:
             None if sc.collapse is None else CollapseMonitor(sc.collapse, self.n_modules)
         )
         self.delta_phi_drive = 0.0  # E_norm of the last probe, felt by arousal every step
+        dcfg = sc.distill
+        self.teacher = None
+        if dcfg.enabled and dcfg.teacher in ("ema", "both"):
+            self.teacher = EMATeacher(list(self.banks), dcfg.ema, sc.train.steps)
         forward = self.module_losses if self.society is None else self.society_losses
         self._losses = torch.compile(forward) if sc.compile else forward
         self.out_dir = Path(out_dir if out_dir is not None else sc.out_dir)
@@ -159,6 +164,38 @@ class Simulation:
             )
         return out.loss, out.task_loss, out.module_loss, stats
 
+    def consolidate(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Self-distillation pass: every module alone (no memory) on the batch, pulled toward
+        its EMA snapshot and / or its cluster mates (see docs/learning.md).
+
+        Returns the per-module distillation loss [N] (alpha·CE + (1-alpha)·T²·KL, or the
+        T²·KL term alone in the closed loop) and the plain CE [N] for logging."""
+        cfg = self.scenario.distill
+        alpha = cfg.alpha if cfg.labels else 0.0
+        sharpen = cfg.temperature / (cfg.teacher_temperature or cfg.temperature)
+        out, ces = [], []
+        for b, bank in enumerate(self.banks):
+            tokens = batch.x.unsqueeze(0).expand(bank.n_modules, -1, -1)  # [M, B, T]
+            logits = bank(tokens).logits  # [M, B, T, V]
+            teacher = peers = None
+            if self.teacher is not None:
+                with torch.no_grad():
+                    teacher = self.teacher.logits(b, tokens) * sharpen
+            if cfg.teacher in ("peers", "both"):
+                peers = logits.detach()[self._peer_index(bank)] * sharpen  # [M, P, B, T, V]
+            out.append(distill_loss(logits, batch.y, teacher, peers, alpha, cfg.temperature))
+            ces.append(module_cross_entropy(logits.detach(), batch.y))
+        return torch.cat(out), torch.cat(ces)
+
+    def _peer_index(self, bank: Any) -> Tensor:
+        """[M, P] rows of each module's peers in its bank: its cluster mates of the same type
+        (a society), or every other module (independent modules)."""
+        M = bank.n_modules
+        n = M if self.society is None else M // self.society.topology.n_clusters
+        local = mates_index(n, self.device)  # [n, n-1]
+        base = torch.arange(0, M, n, device=self.device)  # first row of each cluster
+        return (base[:, None, None] + local[None]).reshape(M, -1)
+
     def _knobs(self, a: float) -> Knobs:
         """Router k, rounds, temperature and board threshold for arousal ``a``."""
         soc = self.scenario.society
@@ -189,13 +226,25 @@ class Simulation:
             g["lr"] = lr
         self.model.train()
         with self._autocast():
-            loss, task, module_ce, stats = self._losses(batch)
+            if not self.scenario.distill.due(self.step + 1):
+                loss, task, module_ce, stats = self._losses(batch)
+            elif self.society is None:  # one pass: the distillation loss holds alpha * CE
+                kd, module_ce = self.consolidate(batch)  # [N] each
+                loss, task, stats = kd.sum(), module_ce.mean(), {"distill_loss": kd.detach()}
+            else:
+                loss, task, module_ce, stats = self._losses(batch)
+                kd, _ = self.consolidate(batch)
+                stats["distill_loss"] = kd.detach()
+                # closed soft loop: nothing but the distillation term is learned from
+                loss = loss + kd.mean() if self.scenario.distill.labels else kd.sum()
         loss.backward()
         norms = torch.cat([clip_per_module(b, cfg.grad_clip) for b in self.banks])
         if self.society is not None and self.society.router is not None:
             clip_module(self.society.router, cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.teacher is not None:
+            self.teacher.update(self.step)
         if self.arousal is not None:
             probs = stats.get("router_probs")
             self.arousal.update(
@@ -507,6 +556,7 @@ class Simulation:
             "scenario": self.scenario.to_yaml(),
             "model": self.model.state_dict(),
             "arousal": None if self.arousal is None else self.arousal.state_dict(),
+            "teacher": None if self.teacher is None else self.teacher.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "data_rng": self.data_rng.get_state(),
             "torch_rng": torch.get_rng_state(),
@@ -514,6 +564,8 @@ class Simulation:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
+        if self.teacher is not None:
+            self.teacher.load_state_dict(state["teacher"])
         if self.arousal is not None:
             self.arousal.load_state_dict(state["arousal"])
             self.knobs = self._knobs(self.arousal.read()[0])

@@ -1,28 +1,64 @@
-"""Learning dynamics between modules: EMA teachers and distillation (distill)."""
+"""Learning dynamics: EMA teachers and distillation (distill), collapse diagnostics (collapse),
+the semantic state φ and emergence events (emergence). See docs/learning.md."""
 
-from brainnet.learning.collapse import CollapseConfig as CollapseConfig
-from brainnet.learning.collapse import CollapseMonitor as CollapseMonitor
-from brainnet.learning.collapse import cluster_probs as cluster_probs
-from brainnet.learning.collapse import diagnose as diagnose
-from brainnet.learning.collapse import distinct_n as distinct_n
-from brainnet.learning.collapse import expected_calibration_error as expected_calibration_error
-from brainnet.learning.collapse import peer_disagreement as peer_disagreement
-from brainnet.learning.collapse import predictive_entropy as predictive_entropy
-from brainnet.learning.collapse import sample as sample
-from brainnet.learning.collapse import top1_mass as top1_mass
-from brainnet.learning.distill import DistillConfig as DistillConfig
-from brainnet.learning.distill import EMAConfig as EMAConfig
-from brainnet.learning.distill import EMATeacher as EMATeacher
-from brainnet.learning.distill import WarmupCorrectionConfig as WarmupCorrectionConfig
-from brainnet.learning.distill import distill_loss as distill_loss
-from brainnet.learning.distill import ema_momentum as ema_momentum
-from brainnet.learning.distill import gather_peers as gather_peers
-from brainnet.learning.distill import kd_loss as kd_loss
-from brainnet.learning.distill import mates_index as mates_index
-from brainnet.learning.distill import peer_logits_from_clusters as peer_logits_from_clusters
-from brainnet.learning.distill import warmup_correct as warmup_correct
-from brainnet.learning.emergence import EmergenceConfig as EmergenceConfig
-from brainnet.learning.emergence import EmergenceTracker as EmergenceTracker
-from brainnet.learning.emergence import SemanticGrid as SemanticGrid
-from brainnet.learning.emergence import delta_phi as delta_phi
-from brainnet.learning.emergence import probe_batch as probe_batch
+from brainnet.learning.collapse import (
+    CollapseConfig,
+    CollapseMonitor,
+    cluster_probs,
+    diagnose,
+    distinct_n,
+    expected_calibration_error,
+    peer_disagreement,
+    predictive_entropy,
+    sample,
+    top1_mass,
+)
+from brainnet.learning.distill import (
+    DistillConfig,
+    EMAConfig,
+    EMATeacher,
+    WarmupCorrectionConfig,
+    distill_loss,
+    ema_momentum,
+    gather_peers,
+    kd_loss,
+    mates_index,
+    peer_logits_from_clusters,
+    warmup_correct,
+)
+from brainnet.learning.emergence import (
+    EmergenceConfig,
+    EmergenceTracker,
+    SemanticGrid,
+    delta_phi,
+    probe_batch,
+)
+
+__all__ = [
+    "CollapseConfig",
+    "CollapseMonitor",
+    "DistillConfig",
+    "EMAConfig",
+    "EMATeacher",
+    "EmergenceConfig",
+    "EmergenceTracker",
+    "SemanticGrid",
+    "WarmupCorrectionConfig",
+    "cluster_probs",
+    "delta_phi",
+    "diagnose",
+    "distill_loss",
+    "distinct_n",
+    "ema_momentum",
+    "expected_calibration_error",
+    "gather_peers",
+    "kd_loss",
+    "mates_index",
+    "peer_disagreement",
+    "peer_logits_from_clusters",
+    "predictive_entropy",
+    "probe_batch",
+    "sample",
+    "top1_mass",
+    "warmup_correct",
+]

@@ -1,0 +1,66 @@
+"""Distillation inside a run: the EMA teacher follows, the closed loop ignores labels, resume."""
+
+from __future__ import annotations
+
+import shutil
+
+import torch
+
+import brainnet
+from brainnet.engine import Simulation
+
+BASE = {
+    "train.steps": 6, "train.eval_every": 6, "train.eval_batches": 1, "train.batch_size": 8,
+    "log.every": 2, "corpus.block_size": 32, "corpus.train_sequences": 300,
+    "corpus.val_sequences": 50, "modules.0.d_model": 16, "modules.0.n_layer": 1,
+    "modules.0.count": 3, "device": "cpu",
+}  # fmt: skip
+
+
+def sim(tmp_path, name="ema_hard_loop", **extra) -> Simulation:
+    return Simulation(brainnet.load_scenario(name, {**BASE, **extra}), out_dir=tmp_path)
+
+
+def test_ema_teacher_follows_the_student_by_lerp_and_gets_no_gradient(tmp_path):
+    s = sim(tmp_path)
+    teacher = [p.clone() for p in s.teacher.banks[0].parameters()]
+    s.train_step()
+    m = s.scenario.distill.ema.momentum
+    for t_old, t_new, p in zip(teacher, s.teacher.banks[0].parameters(),
+                               s.banks[0].parameters(), strict=True):  # fmt: skip
+        torch.testing.assert_close(t_new, t_old + (1 - m) * (p.detach() - t_old))
+        assert t_new.grad is None and not t_new.requires_grad
+    assert "distill_loss" in s.train_step()
+
+
+def test_closed_loop_learns_nothing_from_labels(tmp_path):
+    s = sim(tmp_path, "self_distill_closed")
+    batch = s.corpus.batch("train", 8, torch.Generator().manual_seed(0))
+    kd, _ = s.consolidate(batch)
+    shuffled = brainnet.data.Batch(batch.x, batch.y.roll(1, dims=1), batch.domain)
+    kd2, ce2 = s.consolidate(shuffled)
+    torch.testing.assert_close(kd, kd2)  # the labels do not enter the loss
+    assert not torch.allclose(ce2, s.consolidate(batch)[1])  # (but the logged CE sees them)
+
+
+def test_peers_are_cluster_mates(tmp_path):
+    s = sim(tmp_path, "quickstart", **{"distill": {"enabled": True, "teacher": "peers"},
+                                       "modules.0.count": 16})  # fmt: skip
+    idx = s._peer_index(s.banks[0])
+    assert idx.shape == (16, 3)
+    assert idx[0].tolist() == [1, 2, 3] and idx[5].tolist() == [4, 6, 7]
+    out = s.train_step()
+    assert torch.isfinite(out["distill_loss"]).all()
+
+
+def test_resume_with_a_teacher_is_exact(tmp_path):
+    full = sim(tmp_path / "a")
+    full.run(steps=3)
+    saved = tmp_path / "at3.pt"
+    shutil.copy(full.run_dir / "checkpoint.pt", saved)
+    full.run()
+    resumed = Simulation.resume(saved, out_dir=tmp_path / "b")
+    resumed.run()
+    for p, q in zip(full.teacher.banks[0].parameters(), resumed.teacher.banks[0].parameters(),
+                    strict=True):  # fmt: skip
+        assert torch.equal(p, q)
