@@ -89,6 +89,23 @@ class Bank(nn.Module):
     #: parameter names excluded by ``num_params_per_module(non_embedding=True)``
     embedding_names: ClassVar[tuple[str, ...]] = ()
 
+    def stacked(self, *shape: int) -> nn.Parameter:
+        """A new (uninitialised) parameter with the module axis in front: [M, *shape]."""
+        return nn.Parameter(torch.empty(self.cfg.count, *shape))
+
+    def add_output_heads(self, D: int, V: int, tie: bool, norm_bias: bool) -> None:
+        """The parameters ``output_heads`` reads (names in OUTPUT_HEADS), shared by LM types:
+        final LayerNorm, LM head (None when tied to ``wte``), message and salience heads."""
+        Dm = self.cfg.message_dim
+        self.lnf_w, self.lnf_b = self.stacked(D), self.stacked(D) if norm_bias else None
+        self.head_w = None if tie else self.stacked(D, V)
+        self.msg_w, self.msg_b = self.stacked(D, Dm), self.stacked(Dm)  # hidden -> message
+        self.sal_w, self.sal_b = self.stacked(D), self.stacked(1)  # hidden -> salience
+
+
+#: parameters created by ``Bank.add_output_heads`` and read by ``output_heads``
+OUTPUT_HEADS = ("lnf_w", "lnf_b", "head_w", "msg_w", "msg_b", "sal_w", "sal_b")
+
 
 # --------------------------------------------------------------------------- batched ops
 

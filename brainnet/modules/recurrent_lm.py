@@ -54,7 +54,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from brainnet.config import ModuleConfig
-from brainnet.modules.bank import Bank, BankOutput, bmm_linear, output_heads, pick
+from brainnet.modules.bank import OUTPUT_HEADS, Bank, BankOutput, bmm_linear, output_heads, pick
 from brainnet.registry import MODULE_TYPES
 
 
@@ -75,40 +75,20 @@ class RecurrentBank(Bank):
     Config = RecurrentConfig
     matrix_names = frozenset({"wte", "mem_w", "q_w", "ih_w", "hh_w", "head_w", "msg_w"})
     #: every stacked parameter; the untied head may be None
-    param_names = (
-        "wte",
-        "mem_w",
-        "mem_b",
-        "q_w",
-        "ih_w",
-        "ih_b",
-        "hh_w",
-        "hh_b",
-        "lnf_w",
-        "lnf_b",
-        "head_w",
-        "msg_w",
-        "msg_b",
-        "sal_w",
-        "sal_b",
-    )
+    param_names = ("wte", "mem_w", "mem_b", "q_w", "ih_w", "ih_b", "hh_w", "hh_b") + OUTPUT_HEADS
 
     def __init__(self, cfg: RecurrentConfig, vocab_size: int, block_size: int) -> None:
         super().__init__(cfg, vocab_size, block_size)
-        M, L, D, V, Dm = cfg.count, cfg.n_layer, cfg.d_model, vocab_size, cfg.message_dim
+        L, D, V, Dm = cfg.n_layer, cfg.d_model, vocab_size, cfg.message_dim
 
-        def p(*shape: int) -> nn.Parameter:
-            return nn.Parameter(torch.empty(M, *shape))
+        p = self.stacked
 
         self.wte = p(V, D)  # token embedding
         self.mem_w, self.mem_b = p(Dm, D), p(D)  # memory slot -> width D
         self.q_w = p(D, D)  # embedded token -> query of the memory read
         self.ih_w, self.ih_b = p(L, D, 3 * D), p(L, 3 * D)  # input -> r, z, n
         self.hh_w, self.hh_b = p(L, D, 3 * D), p(L, 3 * D)  # hidden -> r, z, n
-        self.lnf_w, self.lnf_b = p(D), p(D)
-        self.head_w = None if cfg.tie_weights else p(D, V)
-        self.msg_w, self.msg_b = p(D, Dm), p(Dm)  # hidden -> message
-        self.sal_w, self.sal_b = p(D), p(1)  # hidden -> salience
+        self.add_output_heads(D, V, cfg.tie_weights, norm_bias=True)
         self.reset_parameters()
 
     @torch.no_grad()

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from brainnet.config import ModuleConfig
 from brainnet.modules.bank import (
+    OUTPUT_HEADS,
     Bank,
     BankOutput,
     attend_with_memory,
@@ -66,45 +67,16 @@ class TransformerBank(Bank):
     embedding_names = ("wpe",)
     #: every stacked parameter; optional ones (biases, untied head) may be None
     param_names = (
-        "wte",
-        "wpe",
-        "mem_w",
-        "mem_b",
-        "ln1_w",
-        "ln1_b",
-        "attn_w",
-        "attn_b",
-        "proj_w",
-        "proj_b",
-        "ln2_w",
-        "ln2_b",
-        "fc_w",
-        "fc_b",
-        "fc2_w",
-        "fc2_b",
-        "lnf_w",
-        "lnf_b",
-        "head_w",
-        "msg_w",
-        "msg_b",
-        "sal_w",
-        "sal_b",
-    )
+        "wte", "wpe", "mem_w", "mem_b", "ln1_w", "ln1_b", "attn_w", "attn_b", "proj_w",
+        "proj_b", "ln2_w", "ln2_b", "fc_w", "fc_b", "fc2_w", "fc2_b",
+    ) + OUTPUT_HEADS  # fmt: skip
 
     def __init__(self, cfg: TransformerConfig, vocab_size: int, block_size: int) -> None:
         super().__init__(cfg, vocab_size, block_size)
-        M, L, D, V, T, Dm = (
-            cfg.count,
-            cfg.n_layer,
-            cfg.d_model,
-            vocab_size,
-            block_size,
-            cfg.message_dim,
-        )
+        L, D, V, T, Dm = cfg.n_layer, cfg.d_model, vocab_size, block_size, cfg.message_dim
         F4 = 4 * D
 
-        def p(*shape: int) -> nn.Parameter:
-            return nn.Parameter(torch.empty(M, *shape))
+        p = self.stacked
 
         def maybe(*shape: int) -> nn.Parameter | None:
             return p(*shape) if cfg.bias else None
@@ -118,10 +90,7 @@ class TransformerBank(Bank):
         self.ln2_w, self.ln2_b = p(L, D), maybe(L, D)
         self.fc_w, self.fc_b = p(L, D, F4), maybe(L, F4)
         self.fc2_w, self.fc2_b = p(L, F4, D), maybe(L, D)
-        self.lnf_w, self.lnf_b = p(D), maybe(D)
-        self.head_w = None if cfg.tie_weights else p(D, V)
-        self.msg_w, self.msg_b = p(D, Dm), p(Dm)  # pooled hidden -> message
-        self.sal_w, self.sal_b = p(D), p(1)  # pooled hidden -> salience
+        self.add_output_heads(D, V, cfg.tie_weights, cfg.bias)
         self.reset_parameters()
 
     @torch.no_grad()
