@@ -288,3 +288,23 @@ def test_arousal_forced_high_engages_more_clusters_and_rounds(tmp_path):
     assert low["threshold"] == pytest.approx(0.9, abs=0.02)
     assert high["messages"] > low["messages"] and high["sim_time_ms"] > low["sim_time_ms"]
     assert low["messages_mate"] == 0  # one pass: nobody has heard anyone yet
+
+
+def test_pipeline_equals_a_per_cluster_reference_loop():
+    """Inter-cluster input memory: in one pass cluster c reads the mean message of cluster
+    c-1's modules; the prediction is the last cluster's ensemble."""
+    soc = society("pipeline").eval()
+    b = batch()
+    out = soc(b, Knobs(1, 0, 1.0, 0.5))
+    bank, n = soc.banks[0], soc.topology.cluster_size
+    lms = [bank.export(m) for m in range(16)]
+    prev = None  # [B, T, Dm] mean message of the previous cluster
+    for c in range(4):
+        mem = None if prev is None else prev[:, :, None, :]
+        outs = [lms[c * n + j](b.x, mem) for j in range(n)]
+        for j in range(n):
+            torch.testing.assert_close(out.logits[c, j], outs[j][0], atol=1e-5, rtol=1e-5)
+        prev = torch.stack([o[1] for o in outs]).mean(0)
+    probs = torch.stack([o[0].softmax(-1) for o in outs]).mean(0)  # the last cluster
+    ref = F.nll_loss(probs.log().reshape(-1, soc.vocab_size), b.y.reshape(-1))
+    torch.testing.assert_close(out.task_loss, ref, atol=1e-5, rtol=1e-5)
