@@ -123,7 +123,8 @@ def test_validate_show_fills_every_default(tmp_path: Path) -> None:
     assert data["society"]["router"]["balance_weight"] == 0.01  # a default
     assert set(data) == {
         "name", "description", "seed", "device", "precision", "compile",
-        "corpus", "modules", "train", "log", "out_dir", "society",
+        "corpus", "modules", "train", "log", "out_dir", "society", "distill",
+        "collapse", "emergence",
     }  # fmt: skip
     # the resolved scenario is itself a valid scenario file that resolves to the same thing
     f = tmp_path / "resolved.yaml"
