@@ -33,6 +33,7 @@ from brainnet.learning.emergence import (
     delta_phi,
     probe_batch,
 )
+from brainnet.learning.reorganize import RowPlan, keep, module_rows, resize_bank, spawn
 
 __all__ = [
     "CollapseConfig",
@@ -42,6 +43,7 @@ __all__ = [
     "EMATeacher",
     "EmergenceConfig",
     "EmergenceTracker",
+    "RowPlan",
     "SemanticGrid",
     "WarmupCorrectionConfig",
     "cluster_probs",
@@ -53,12 +55,16 @@ __all__ = [
     "expected_calibration_error",
     "gather_peers",
     "kd_loss",
+    "keep",
     "mates_index",
+    "module_rows",
     "peer_disagreement",
     "peer_logits_from_clusters",
     "predictive_entropy",
     "probe_batch",
+    "resize_bank",
     "sample",
+    "spawn",
     "top1_mass",
     "warmup_correct",
 ]
