@@ -24,13 +24,12 @@ def aggregate_mates(messages: Tensor, adjacency: Tensor) -> Tensor:
     return torch.bmm(adjacency.to(flat.dtype) / deg.to(flat.dtype), flat).view_as(messages)
 
 
-def cluster_log_probs(logits: Tensor) -> Tensor:
+def cluster_log_probs(module_lp: Tensor) -> Tensor:
     """Log of the mean of the cluster's modules' next-token distributions (an ensemble).
 
-    logits [C, n, cap, T, V] -> [C, cap, T, V] (fp32).
+    module_lp [C, n, cap, T, V]: the modules' log-probabilities -> [C, cap, T, V].
     """
-    lp = torch.log_softmax(logits.float(), dim=-1)
-    return torch.logsumexp(lp, dim=1) - math.log(logits.shape[1])
+    return torch.logsumexp(module_lp, dim=1) - math.log(module_lp.shape[1])
 
 
 def merge_routed(

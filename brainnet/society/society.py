@@ -229,7 +229,8 @@ class Society(nn.Module):
 
         assert logits is not None
         # merge: the society's prediction
-        lp = cluster_log_probs(logits)  # [C, cap, T, V]
+        module_lp = torch.log_softmax(logits.float(), dim=-1)  # [C, n, cap, T, V], once
+        lp = cluster_log_probs(module_lp)  # [C, cap, T, V]
         if route is not None:
             d = route.dispatch
             logp = merge_routed(lp, d.slot, route.chosen, d.kept, route.gates)  # [B, T, V]
@@ -240,11 +241,8 @@ class Society(nn.Module):
 
         # each module's own CE on the sequences it processed
         y_pad = torch.cat([y, y.new_zeros(1, T)])[seq_index]  # [C, cap, T]
-        ce = F.cross_entropy(
-            logits.float().reshape(-1, V),
-            y_pad[:, None].expand(C, n, cap, T).reshape(-1),
-            reduction="none",
-        ).view(C, n, cap, T)
+        target = y_pad[:, None, :, :, None].expand(C, n, cap, T, 1)
+        ce = -module_lp.gather(-1, target).squeeze(-1)  # [C, n, cap, T]
         per_slot = ce.mean(-1) * valid[:, None]  # [C, n, cap]
         module_ce = per_slot.sum(-1) / active[:, None].clamp(min=1)  # [C, n]
         loss = task_loss + self.cfg.module_loss_weight * module_ce.mean()
