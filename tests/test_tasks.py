@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 import pydantic
 import pytest
 import torch
 
+from brainnet.config import ScenarioError, load_scenario
 from brainnet.data.tasks import (
     ALL_DOMAINS,
     ARITH_MOD,
@@ -286,3 +288,26 @@ def test_registered_as_default_corpus() -> None:
     assert CORPORA.get("tasks") is TaskCorpus
     c = build_corpus(TaskCorpus.Config(train_sequences=14, val_sequences=7), seed=0)
     assert isinstance(c, TaskCorpus)
+
+
+def test_domain_shift_draws_new_domains_only_after_the_shift_step() -> None:
+    cfg = TaskCorpus.Config(shift_step=10, shift_domains=3, train_sequences=700)
+    corpus = TaskCorpus.build(cfg, seed=0)
+    g = torch.Generator().manual_seed(0)
+    corpus.at_step(9)
+    assert set(corpus.batch("train", 300, g).domain.tolist()) == {0, 1, 2}
+    assert set(corpus.batch("val", 300, g).domain.tolist()) == set(range(7))  # val: all
+    corpus.at_step(10)
+    assert set(corpus.batch("train", 300, g).domain.tolist()) == set(range(7))
+
+
+@pytest.mark.parametrize(
+    "shift, message",
+    [
+        ({"shift_step": 10}, "shift_step and shift_domains go together"),
+        ({"shift_step": 10, "shift_domains": 7}, "must be < the number of domains (7)"),
+    ],
+)
+def test_domain_shift_config_errors(shift, message) -> None:
+    with pytest.raises(ScenarioError, match=re.escape(message)):
+        load_scenario({"modules": [{"type": "transformer"}], "corpus": shift})

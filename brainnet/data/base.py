@@ -40,6 +40,10 @@ class Corpus(ABC):
     def batch(self, split: Split, batch_size: int, generator: torch.Generator) -> Batch:
         """Sample ``batch_size`` sequences of ``block_size`` tokens from ``split``."""
 
+    def at_step(self, step: int) -> None:  # noqa: B027 (optional hook, no-op by default)
+        """Called before each training batch is drawn: a corpus may change with time
+        (e.g. new domains appear). Validation is not affected."""
+
     @abstractmethod
     def decode(self, ids: list[int] | torch.Tensor) -> str:
         """Token ids -> text."""

@@ -42,7 +42,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from brainnet.config import CorpusConfig
 from brainnet.data.base import Batch, Corpus, Split
@@ -237,6 +237,27 @@ class TaskCorpus(Corpus):
         val_sequences: int = Field(
             1000, ge=1, description="sequences pre-generated for the val split"
         )
+        shift_step: int | None = Field(
+            None,
+            ge=1,
+            description="training draws only from the first `shift_domains` "
+            "domains before this step, from all after it (a distribution shift); None = never",
+        )
+        shift_domains: int | None = Field(
+            None, ge=1, description="how many of `domains` (the first ones) exist before the shift"
+        )
+
+        @model_validator(mode="after")
+        def _shift(self) -> TaskCorpus.Config:
+            if (self.shift_step is None) != (self.shift_domains is None):
+                name = "shift_domains" if self.shift_domains is None else "shift_step"
+                raise ValueError(f"@field:{name}:null:shift_step and shift_domains go together")
+            if self.shift_domains is not None and self.shift_domains >= len(self.domains):
+                raise ValueError(
+                    f"@field:shift_domains:{self.shift_domains}:must be < the number of "
+                    f"domains ({len(self.domains)}), so that some domains are new"
+                )
+            return self
 
         @field_validator("domains")
         @classmethod
@@ -274,6 +295,18 @@ class TaskCorpus(Corpus):
         self.seq_domains: dict[str, torch.Tensor] = {
             s: torch.from_numpy(d).long() for s, d in doms.items()
         }
+        self.shift_step, self.shift_domains = cfg.shift_step, cfg.shift_domains
+        #: train rows drawn from before the shift (the first ``shift_domains`` domains)
+        self._early_rows = (
+            None
+            if cfg.shift_domains is None
+            else (self.seq_domains["train"] < cfg.shift_domains).nonzero().flatten()
+        )
+        self._shifted = cfg.shift_step is None
+
+    def at_step(self, step: int) -> None:
+        """Before ``shift_step`` training batches come from the early domains only."""
+        self._shifted = self.shift_step is None or step >= self.shift_step
 
     @classmethod
     def build(cls, cfg: Config, seed: int) -> TaskCorpus:
@@ -281,7 +314,11 @@ class TaskCorpus(Corpus):
 
     def batch(self, split: Split, batch_size: int, generator: torch.Generator) -> Batch:
         seqs, doms = self.seqs[split], self.seq_domains[split]
-        ix = torch.randint(len(seqs), (batch_size,), generator=generator)
+        if split == "train" and not self._shifted:
+            rows = self._early_rows
+            ix = rows[torch.randint(len(rows), (batch_size,), generator=generator)]
+        else:
+            ix = torch.randint(len(seqs), (batch_size,), generator=generator)
         seq = seqs[ix].long()
         return Batch(x=seq[:, :-1], y=seq[:, 1:], domain=doms[ix])
 

@@ -220,6 +220,7 @@ class Simulation:
         """One optimiser step. Returns device tensors (no host sync): task loss [], module CE
         [N], grad norm [N] and the society's stats."""
         cfg = self.scenario.train
+        self.corpus.at_step(self.step)
         batch = self.corpus.batch("train", cfg.batch_size, self.data_rng).to(self.device)
         lr = lr_at(self.step, cfg)
         for g in self.optimizer.param_groups:
