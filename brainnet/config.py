@@ -326,6 +326,17 @@ class DistillConfig(Strict):
         return self.enabled and step % self.every == 0
 
 
+class ReorganizeConfig(Strict):
+    """Reorganisation on an emergence event (Δφ > θ; the tracker's cool-down applies)."""
+
+    action: Literal["replace"] = Field(
+        "replace",
+        description="replace: in every cluster the module with the highest probe loss becomes "
+        "a noisy copy of the cluster's best module (fresh optimizer state; sizes unchanged)",
+    )
+    noise: float = Field(0.01, ge=0, description="copy noise, relative to each parameter's std")
+
+
 # --------------------------------------------------------------------------- fixed sections
 
 
@@ -382,12 +393,23 @@ class Scenario(Strict):
     distill: DistillConfig = Field(
         default_factory=DistillConfig, description="EMA / peer self-distillation (off by default)"
     )
+    reorganize: ReorganizeConfig | None = Field(
+        None, description="what the society does on an emergence event (needs emergence)"
+    )
     collapse: CollapseConfig | None = Field(
         None, description="collapse diagnostics per module (entropy, distinct-n, ECE, ...)"
     )
     emergence: EmergenceConfig | None = Field(
         None, description="the semantic-state probe φ and its Δφ events (feeds arousal)"
     )
+
+    @model_validator(mode="after")
+    def _reorganize_needs_emergence(self) -> Scenario:
+        if self.reorganize is not None and self.emergence is None:
+            raise ValueError(
+                "@field:reorganize:{...}:needs an `emergence:` section (its events trigger it)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _probes_on_log_steps(self) -> Scenario:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 import brainnet
 
 SMALL = {
@@ -45,3 +47,40 @@ def test_emergence_probe_logs_delta_phi_and_feeds_arousal(tmp_path):
     assert sim.delta_phi_drive == rows[-1]["delta_phi"] / 1e-9  # E_norm reaches arousal
     per_module = [m["delta_phi"] for m in r.module_metrics.to_pylist() if m["step"] == 6]
     assert len(per_module) == 16 and all(d > 0 for d in per_module)
+
+
+def test_emergence_event_reorganises_keeping_the_other_modules_exactly(tmp_path):
+    sc = brainnet.load_scenario("quickstart", {
+        **SMALL, "emergence": {"every": 2, "threshold": "fixed", "theta": 1e-9, "cooldown": 0},
+        "reorganize": {"action": "replace", "noise": 0.0},
+        "distill": {"enabled": True, "teacher": "ema"}})  # fmt: skip
+    sim = brainnet.Simulation(sc, out_dir=tmp_path)
+    sim.run(steps=2)  # optimizer and EMA have state; the first probe stored φ
+    bank, opt = sim.banks[0], sim.optimizer
+    before = {n: p.detach().clone() for n, p in bank.named_parameters()}
+    moments = {n: opt.state[p]["exp_avg"].clone() for n, p in bank.named_parameters()
+               if "exp_avg" in opt.state[p]}  # fmt: skip
+    assert len(moments) >= len(before) - 2
+    teacher = {n: p.clone() for n, p in sim.teacher.banks[0].named_parameters()}
+    logits = sim.standalone_logits(sim.probe)
+    sim._open_writer()
+    sim.reorganize(2, logits, "test", {"delta_phi": 1.0, "theta": 0.5})
+    event = [e for e in open_events(sim) if e["kind"] == "reorganize"][-1]
+    new = {r["module"]: r["copy_of"] for r in event["replaced"]}
+    assert len(new) == 4 and all(m // 4 == p // 4 for m, p in new.items())  # one per cluster
+    kept = [m for m in range(16) if m not in new]
+    for n, p in bank.named_parameters():
+        assert torch.equal(p[kept], before[n][kept]), n
+        assert torch.equal(sim.teacher.banks[0].get_parameter(n)[kept], teacher[n][kept]), n
+        for m, parent in new.items():  # noise 0: an exact copy
+            assert torch.equal(p[m], before[n][parent]), n
+        if n in moments:  # survivors keep their moments, new modules start fresh
+            assert torch.equal(opt.state[p]["exp_avg"][kept], moments[n][kept]), n
+            assert not opt.state[p]["exp_avg"][list(new)].any(), n
+    sim.run()  # training goes on with the new modules; events keep firing
+    assert all(r["train_loss"] < 10 for r in sim.writer.rows[1:])
+    assert sum(e["kind"] == "reorganize" for e in open_events(sim)) >= 2
+
+
+def open_events(sim):
+    return brainnet.open_run(sim.run_dir).events

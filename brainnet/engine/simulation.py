@@ -31,6 +31,7 @@ from brainnet.learning.collapse import CollapseMonitor, cluster_probs, diagnose,
 from brainnet.learning.collapse import sample as sample_bank
 from brainnet.learning.distill import EMATeacher, distill_loss, mates_index
 from brainnet.learning.emergence import EmergenceTracker, probe_batch
+from brainnet.learning.reorganize import RowPlan, module_rows, resize_bank
 from brainnet.metrics import RunWriter
 from brainnet.modules import build_bank
 from brainnet.modules.bank import module_cross_entropy
@@ -365,14 +366,11 @@ class Simulation:
             )
             per_module["delta_phi"] = res["delta_phi_module"]
             if res["event"]:
-                w.event(
-                    "emergence",
-                    step,
-                    delta_phi=res["delta_phi"],
-                    theta=res["theta"],
-                    e_pot=res["e_pot"],
-                    cause=f"Δφ {res['delta_phi']:.4g} > θ {res['theta']:.4g}",
-                )
+                cause = f"Δφ {res['delta_phi']:.4g} > θ {res['theta']:.4g}"
+                w.event("emergence", step, delta_phi=res["delta_phi"], theta=res["theta"],
+                        e_pot=res["e_pot"], cause=cause)  # fmt: skip
+                if sc.reorganize is not None:
+                    self.reorganize(step, logits, cause, res)
         if due_c:
             cfg = sc.collapse
             gen = torch.Generator(device=self.device).manual_seed(sc.seed + step)
@@ -398,6 +396,47 @@ class Simulation:
                 w.event("collapse", step, **ev)
             row["collapsed_modules"] = int(sum(self.collapse.collapsed))
         return row, per_module
+
+    @torch.no_grad()
+    def reorganize(self, step: int, logits: list[Tensor], cause: str, res: dict) -> None:
+        """Apply ``reorganize.action`` after an emergence event and log it.
+
+        replace: in every cluster (every bank's share of it) the module with the highest loss
+        on the probe set becomes a noisy copy of the cluster's lowest-loss module. Rows,
+        cluster sizes and the topology stay; the other modules' parameters, AdamW moments and
+        EMA rows are untouched (learning/reorganize.py)."""
+        cfg = self.scenario.reorganize
+        C = 1 if self.society is None else self.society.topology.n_clusters
+        gen = torch.Generator(device=self.device).manual_seed(self.scenario.seed + 7 * step)
+        replaced, rows, offset = [], [], 0
+        for b, (bank, z) in enumerate(zip(self.banks, logits, strict=True)):
+            ce = module_cross_entropy(z, self.probe.y).view(C, -1)  # [C, n_b]
+            n_b, M = ce.shape[1], bank.n_modules
+            plan = None
+            if n_b > 1:
+                worst, best = ce.argmax(1).tolist(), ce.argmin(1).tolist()
+                source, parent = list(range(M)), list(range(M))
+                for c in range(C):  # C entries of a plan, not a per-module hot loop
+                    source[c * n_b + worst[c]] = -1
+                    parent[c * n_b + worst[c]] = c * n_b + best[c]
+                plan = RowPlan(source, parent)
+                teacher = None if self.teacher is None else self.teacher.banks[b]
+                resize_bank(bank, plan, self.optimizer, noise=cfg.noise, generator=gen,
+                            teacher_bank=teacher)  # fmt: skip
+                replaced += [
+                    {"module": offset + c * n_b + worst[c], "copy_of": offset + c * n_b + best[c],
+                     "probe_loss": round(float(ce[c, worst[c]]), 4)} for c in range(C)
+                ]  # fmt: skip
+            r = torch.arange(M) if plan is None else module_rows(plan).cpu()
+            rows.append(torch.where(r < 0, -1, r + offset))
+            offset += M
+        rows_t = torch.cat(rows)  # new global row -> old global row, -1 = new module
+        if self.collapse is not None:
+            self.collapse.select_rows(rows_t)
+        self.emergence.select_rows(rows_t)
+        self.writer.event("reorganize", step, action=cfg.action, cause=cause,
+                          delta_phi=res["delta_phi"], theta=res["theta"], replaced=replaced,
+                          topology="unchanged: replace keeps clusters and edges")  # fmt: skip
 
     def _cluster_order(self) -> Tensor:
         """Global module ids in cluster-major order (cluster 0's modules first)."""
@@ -500,7 +539,7 @@ class Simulation:
             row.update(self._society_row(train))
         module_val = None if val is None else val["module_val_loss"]
         types = [g.type for g in self.scenario.modules for _ in range(g.count)]
-        module_rows = [
+        per_module = [
             {
                 "step": row["step"],
                 "module": m,
@@ -514,7 +553,7 @@ class Simulation:
             }
             for m in range(self.n_modules)
         ]
-        w.log(row, module_rows)
+        w.log(row, per_module)
         if self.tensorboard is not None:
             for k, v in row.items():
                 if isinstance(v, (int, float)) and k != "step":
