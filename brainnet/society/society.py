@@ -200,7 +200,7 @@ class Society(nn.Module):
             toks = tokens_pad[sidx]  # [w, cap, T]
             memory = mask = None
             if wave.any_memory:
-                memory, mask = self._memory(wave, sidx, msgs, board, count, active)
+                memory, mask = self._memory(wave, sidx, T, msgs, board, count, active)
                 if record:
                     trace += self._trace_reads(wave)
             outs = []
@@ -221,11 +221,11 @@ class Society(nn.Module):
             msgs = _update(msgs, W, new_msg, C)
             sal = _update(sal, W, new_sal, C)
             if board is not None and route is not None:
+                before = writes.clone() if record else None
                 board = self._write_board(board, route, msgs, sal, wave, knobs, count, writes)
-                if record:
-                    trace += [
-                        ("write", m, "blackboard") for m in writes.nonzero().flatten().tolist()
-                    ]
+                if record:  # this wave's writers only
+                    new = (writes > before).nonzero().flatten().tolist()
+                    trace += [("write", m, "blackboard") for m in new]
 
         assert logits is not None
         # merge: the society's prediction
@@ -286,6 +286,7 @@ class Society(nn.Module):
         self,
         wave: _Wave,
         sidx: Tensor,
+        T: int,
         msgs: Tensor | None,
         board: board_ops.BoardWrite | None,
         count: dict[str, Tensor],
@@ -306,9 +307,7 @@ class Society(nn.Module):
             masks.append(occ[:, None].expand(w, n, *occ.shape[1:]))
             if wave.board:
                 count["read"] = count["read"] + (a * n).sum()
-        T = self.banks[0].block_size if msgs is None else msgs.shape[3]
         if msgs is None:  # nobody has spoken yet: only the (empty) board exists
-            T = board.slots.shape[1] if board is not None else T
             msgs_w = torch.zeros(w, n, cap, T, self.message_dim, device=sidx.device)
         else:
             msgs_w = msgs[W]  # [w, n, cap, T, Dm]
