@@ -294,8 +294,15 @@ class DistillConfig(Strict):
 
     enabled: bool = Field(False, description="add the distillation loss")
     every: int = Field(1, ge=1, description="K: distil every K steps (1 = continuously)")
-    teacher: Literal["ema", "peers", "both"] = Field(
-        "ema", description="ema: the EMA snapshot; peers: cluster mates (DML); both: the average"
+    teacher: Literal["ema", "peers", "both", "run"] = Field(
+        "ema",
+        description="ema: the EMA snapshot; peers: cluster mates (DML); both: the average; "
+        "run: the frozen modules of an earlier run (teacher_run)",
+    )
+    teacher_run: str | None = Field(
+        None,
+        description="teacher 'run': run directory or checkpoint file of an earlier brainnet run "
+        "whose trained modules become a frozen teacher (reloaded from disk on resume)",
     )
     temperature: float = Field(2.0, gt=0, description="softmax temperature T of the KD term")
     teacher_temperature: float | None = Field(
@@ -319,6 +326,16 @@ class DistillConfig(Strict):
                 "@field:warmup_correction.enabled:true:needs a teacher to score samples; "
                 "set teacher to 'ema' or 'both'"
             )
+        if self.teacher == "run" and not self.teacher_run:
+            raise ValueError(
+                "@field:teacher_run:null:teacher 'run' needs the run directory or checkpoint "
+                "file of an earlier run; allowed: a path"
+            )
+        if self.teacher_run is not None and self.teacher != "run":
+            raise ValueError(
+                f"@field:teacher_run:{json.dumps(self.teacher_run)}:only used by teacher 'run' "
+                f"(teacher is {self.teacher!r}); allowed: null, or set teacher to 'run'"
+            )
         return self
 
     def due(self, step: int) -> bool:
@@ -327,14 +344,32 @@ class DistillConfig(Strict):
 
 
 class ReorganizeConfig(Strict):
-    """Reorganisation on an emergence event (Δφ > θ; the tracker's cool-down applies)."""
+    """Reorganisation on an emergence event (Δφ > θ; the tracker's cool-down applies).
 
-    action: Literal["replace"] = Field(
-        "replace",
-        description="replace: in every cluster the module with the highest probe loss becomes "
-        "a noisy copy of the cluster's best module (fresh optimizer state; sizes unchanged)",
+    On every event the ``actions`` run in order, each on the society the previous one left;
+    an action that has no candidate (e.g. split when no cluster is big enough) is logged as
+    skipped with the reason. See docs/learning.md for each rule."""
+
+    actions: list[Literal["replace", "split", "merge", "spawn", "prune", "rewire"]] = Field(
+        default_factory=lambda: ["replace"],
+        min_length=1,
+        description="replace: each cluster's worst module (probe loss) becomes a noisy copy of "
+        "its best; split: the most spread cluster (probe φ) splits in two along its first "
+        "principal axis; merge: the two clusters with the closest mean φ become one; spawn: "
+        "a noisy copy of the best module of the worst cluster joins it; prune: the module "
+        "never heard on the blackboard (else the worst) leaves; rewire: the most spread "
+        "cluster keeps, for each module, only its nearest mates in φ",
     )
     noise: float = Field(0.01, ge=0, description="copy noise, relative to each parameter's std")
+    min_cluster_size: int = Field(2, ge=1, description="split / prune never go below this")
+    max_cluster_size: int | None = Field(
+        None, ge=1, description="spawn / merge never go above this (None: no limit)"
+    )
+    max_clusters: int | None = Field(None, ge=2, description="split stops here (None: 2·C)")
+    max_modules: int | None = Field(None, ge=1, description="spawn stops here (None: 2·N)")
+    rewire_degree: int | None = Field(
+        None, ge=1, description="mates each module reads after rewire (None: half its mates)"
+    )
 
 
 # --------------------------------------------------------------------------- fixed sections
@@ -426,6 +461,12 @@ class Scenario(Strict):
     def _society_fits_modules(self) -> Scenario:
         soc = self.society
         if soc is None:
+            bad = set(self.reorganize.actions if self.reorganize else []) - {"replace"}
+            if bad:
+                raise ValueError(
+                    f"@field:reorganize.actions:{sorted(bad)[0]}:needs a `society:`; "
+                    "independent modules allow: replace"
+                )
             return self
         C = 1 if soc.topology in ("all_to_all", "monolith") else soc.clusters
         for i, g in enumerate(self.modules):
@@ -439,6 +480,13 @@ class Scenario(Strict):
             raise ValueError(
                 f"@field:modules:{json.dumps(sorted(dims))}:all groups must share message_dim"
             )
+        acts = set(self.reorganize.actions) if self.reorganize is not None else set()
+        for act in sorted(acts & {"split", "merge"}):
+            if soc.topology not in ("routing", "brain"):
+                raise ValueError(
+                    f"@field:reorganize.actions:{act}:needs a routed society (topology routing "
+                    f"or brain), not {soc.topology!r}; allowed here: replace, spawn, prune, rewire"
+                )
         if soc.topology == "monolith" and sum(g.count for g in self.modules) != 1:
             n = sum(g.count for g in self.modules)
             raise ValueError(f"@field:modules:{n}:monolith needs exactly one module")

@@ -46,8 +46,8 @@ def test_closed_loop_learns_nothing_from_labels(tmp_path):
 def test_peers_are_cluster_mates(tmp_path):
     s = sim(tmp_path, "quickstart", **{"distill": {"enabled": True, "teacher": "peers"},
                                        "modules.0.count": 16})  # fmt: skip
-    idx = s._peer_index(s.banks[0])
-    assert idx.shape == (16, 3)
+    idx, mask = s._peer_index(0)
+    assert idx.shape == (16, 3) and mask is None  # equal clusters: no padding
     assert idx[0].tolist() == [1, 2, 3] and idx[5].tolist() == [4, 6, 7]
     out = s.train_step()
     assert torch.isfinite(out["distill_loss"]).all()

@@ -52,7 +52,7 @@ def test_emergence_probe_logs_delta_phi_and_feeds_arousal(tmp_path):
 def test_emergence_event_reorganises_keeping_the_other_modules_exactly(tmp_path):
     sc = brainnet.load_scenario("quickstart", {
         **SMALL, "emergence": {"every": 2, "threshold": "fixed", "theta": 1e-9, "cooldown": 0},
-        "reorganize": {"action": "replace", "noise": 0.0},
+        "reorganize": {"actions": ["replace"], "noise": 0.0},
         "distill": {"enabled": True, "teacher": "ema"}})  # fmt: skip
     sim = brainnet.Simulation(sc, out_dir=tmp_path)
     sim.run(steps=2)  # optimizer and EMA have state; the first probe stored φ

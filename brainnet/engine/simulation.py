@@ -27,15 +27,26 @@ from brainnet.config import Scenario, ScenarioError, load_scenario
 from brainnet.data import Batch, build_corpus
 from brainnet.engine.checkpoint import load_checkpoint, save_checkpoint
 from brainnet.engine.optim import build_optimizer, clip_module, clip_per_module, lr_at
+from brainnet.learning.actions import ACTIONS, Evidence, Limits
 from brainnet.learning.collapse import CollapseMonitor, cluster_probs, diagnose, peer_disagreement
 from brainnet.learning.collapse import sample as sample_bank
-from brainnet.learning.distill import EMATeacher, distill_loss, mates_index
+from brainnet.learning.distill import EMATeacher, distill_loss
 from brainnet.learning.emergence import EmergenceTracker, probe_batch
-from brainnet.learning.reorganize import RowPlan, module_rows, resize_bank
+from brainnet.learning.reorganize import (
+    Layout,
+    New,
+    Ref,
+    RowPlan,
+    bank_plans,
+    resize_bank,
+    resize_rows,
+)
+from brainnet.learning.teacher import FrozenTeacher
 from brainnet.metrics import RunWriter
 from brainnet.modules import build_bank
 from brainnet.modules.bank import module_cross_entropy
 from brainnet.society import Arousal, Knobs, Society
+from brainnet.society.topology import Topology, build_topology
 
 #: ``callback(sim, row)`` is called after every logged step with that step's metrics row.
 Callback = Callable[["Simulation", dict[str, Any]], None]
@@ -89,6 +100,10 @@ class Simulation:
         extra = [self.society.router] if self.society and self.society.router else []
         self.optimizer = build_optimizer(list(self.banks), sc.train, self.device, extra)
         self.n_modules = sum(b.n_modules for b in self.banks)
+        self._initial = (self._topology().n_clusters, self.n_modules)  # reorganisation limits
+        self._heard = torch.zeros(self.n_modules)
+        self._cache: dict[tuple, Any] = {}
+        self._pending: tuple | None = None  # an emergence event's reorganisation, due  # board writes per module since a relayout
         self.step = 0
         # data sampling has its own RNG stream: model-side randomness never shifts the batches
         self.data_rng = torch.Generator().manual_seed(sc.seed + 1)
@@ -110,6 +125,8 @@ class Simulation:
         self.teacher = None
         if dcfg.enabled and dcfg.teacher in ("ema", "both"):
             self.teacher = EMATeacher(list(self.banks), dcfg.ema, sc.train.steps)
+        elif dcfg.enabled and dcfg.teacher == "run":  # the frozen modules of an earlier run
+            self.teacher = FrozenTeacher.load(dcfg.teacher_run, self.corpus, self.device)
         forward = self.module_losses if self.society is None else self.society_losses
         self._losses = torch.compile(forward) if sc.compile else forward
         self.out_dir = Path(out_dir if out_dir is not None else sc.out_dir)
@@ -167,7 +184,8 @@ class Simulation:
 
     def consolidate(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """Self-distillation pass: every module alone (no memory) on the batch, pulled toward
-        its EMA snapshot and / or its cluster mates (see docs/learning.md).
+        its EMA snapshot and / or its cluster mates, or toward the frozen modules of an earlier
+        run (teacher 'run'; see docs/learning.md).
 
         Returns the per-module distillation loss [N] (alpha·CE + (1-alpha)·T²·KL, or the
         T²·KL term alone in the closed loop) and the plain CE [N] for logging."""
@@ -182,20 +200,26 @@ class Simulation:
             if self.teacher is not None:
                 with torch.no_grad():
                     teacher = self.teacher.logits(b, tokens) * sharpen
+            mask = None
             if cfg.teacher in ("peers", "both"):
-                peers = logits.detach()[self._peer_index(bank)] * sharpen  # [M, P, B, T, V]
-            out.append(distill_loss(logits, batch.y, teacher, peers, alpha, cfg.temperature))
+                index, mask = self._peer_index(b)
+                peers = logits.detach()[index] * sharpen  # [M, P, B, T, V]
+            out.append(distill_loss(logits, batch.y, teacher, peers, alpha, cfg.temperature, mask))
             ces.append(module_cross_entropy(logits.detach(), batch.y))
         return torch.cat(out), torch.cat(ces)
 
-    def _peer_index(self, bank: Any) -> Tensor:
-        """[M, P] rows of each module's peers in its bank: its cluster mates of the same type
-        (a society), or every other module (independent modules)."""
-        M = bank.n_modules
-        n = M if self.society is None else M // self.society.topology.n_clusters
-        local = mates_index(n, self.device)  # [n, n-1]
-        base = torch.arange(0, M, n, device=self.device)  # first row of each cluster
-        return (base[:, None, None] + local[None]).reshape(M, -1)
+    def _peer_index(self, b: int) -> tuple[Tensor, Tensor | None]:
+        """Each module's peers in bank ``b``: its cluster mates of the same type (a society),
+        or every other module (independent modules). Returns ([M, P] rows, [M, P] bool mask
+        of real peers, None when every module has P peers)."""
+        key = ("peers", b, self._layout_version())
+        if key not in self._cache:
+            self._cache = {k: v for k, v in self._cache.items() if k[0] != "peers"}
+            self._cache[key] = _peer_rows(self._topology(), b, self.device)
+        return self._cache[key]
+
+    def _layout_version(self) -> tuple:
+        return tuple(tuple(s) for s in self._topology().sizes)
 
     def _knobs(self, a: float) -> Knobs:
         """Router k, rounds, temperature and board threshold for arousal ``a``."""
@@ -316,6 +340,9 @@ class Simulation:
                         self.knobs = self._knobs(a)
                     val = self._eval_host() if do_eval else None
                     self._log(w, row, train, val, callbacks, module_probes)
+                    if self._pending is not None:  # the row above still has the old layout
+                        self.reorganize(*self._pending)
+                        self._pending = None
                     bar.update(step, w.rows[-1], w.last_event)
                     acc = _Accumulator()
                     t0 = time.perf_counter()
@@ -369,8 +396,8 @@ class Simulation:
                 cause = f"Δφ {res['delta_phi']:.4g} > θ {res['theta']:.4g}"
                 w.event("emergence", step, delta_phi=res["delta_phi"], theta=res["theta"],
                         e_pot=res["e_pot"], cause=cause)  # fmt: skip
-                if sc.reorganize is not None:
-                    self.reorganize(step, logits, cause, res)
+                if sc.reorganize is not None:  # after this step's row is logged
+                    self._pending = (step, logits, cause, res)
         if due_c:
             cfg = sc.collapse
             gen = torch.Generator(device=self.device).manual_seed(sc.seed + step)
@@ -381,10 +408,7 @@ class Simulation:
                 for k, v in diagnose(z, self.probe.y, samples, cfg).items():
                     diag.setdefault(k, []).extend(v.tolist())
             if self.society is not None and self.society.topology.cluster_size > 1:
-                C = self.society.topology.n_clusters
-                z = torch.cat(logits)[self._cluster_order()]  # cluster-major
-                dis = peer_disagreement(cluster_probs(z, C)).flatten()
-                diag["disagreement"] = dis[self._cluster_rank()].tolist()
+                diag["disagreement"] = self._disagreement(torch.cat(logits)).tolist()
             per_module.update(
                 entropy=diag["entropy"],
                 top1_mass=diag["top1"],
@@ -399,53 +423,102 @@ class Simulation:
 
     @torch.no_grad()
     def reorganize(self, step: int, logits: list[Tensor], cause: str, res: dict) -> None:
-        """Apply ``reorganize.action`` after an emergence event and log it.
+        """Run ``reorganize.actions`` in order after an emergence event and log each one.
 
-        replace: in every cluster (every bank's share of it) the module with the highest loss
-        on the probe set becomes a noisy copy of the cluster's lowest-loss module. Rows,
-        cluster sizes and the topology stay; the other modules' parameters, AdamW moments and
-        EMA rows are untouched (learning/reorganize.py)."""
+        The actions (learning/actions.py) decide from the probe set's evidence — φ, probe loss
+        and board writes per module — and ``apply_layout`` carries their layout out on the
+        banks, the optimiser, the EMA teacher, the router and the topology, keeping every
+        surviving module exactly. Each action is one ``reorganize`` event with the topology
+        before and after; the graph after it goes to ``topology_step<step>_<i>_<action>.json``.
+        """
         cfg = self.scenario.reorganize
-        C = 1 if self.society is None else self.society.topology.n_clusters
+        assert cfg is not None and self.emergence is not None
         gen = torch.Generator(device=self.device).manual_seed(self.scenario.seed + 7 * step)
-        replaced, rows, offset = [], [], 0
-        for b, (bank, z) in enumerate(zip(self.banks, logits, strict=True)):
-            ce = module_cross_entropy(z, self.probe.y).view(C, -1)  # [C, n_b]
-            n_b, M = ce.shape[1], bank.n_modules
-            plan = None
-            if n_b > 1:
-                worst, best = ce.argmax(1).tolist(), ce.argmin(1).tolist()
-                source, parent = list(range(M)), list(range(M))
-                for c in range(C):  # C entries of a plan, not a per-module hot loop
-                    source[c * n_b + worst[c]] = -1
-                    parent[c * n_b + worst[c]] = c * n_b + best[c]
-                plan = RowPlan(source, parent)
-                teacher = None if self.teacher is None else self.teacher.banks[b]
-                resize_bank(bank, plan, self.optimizer, noise=cfg.noise, generator=gen,
-                            teacher_bank=teacher)  # fmt: skip
-                replaced += [
-                    {"module": offset + c * n_b + worst[c], "copy_of": offset + c * n_b + best[c],
-                     "probe_loss": round(float(ce[c, worst[c]]), 4)} for c in range(C)
-                ]  # fmt: skip
-            r = torch.arange(M) if plan is None else module_rows(plan).cpu()
-            rows.append(torch.where(r < 0, -1, r + offset))
-            offset += M
-        rows_t = torch.cat(rows)  # new global row -> old global row, -1 = new module
+        phi = torch.cat([self.emergence.phi(z) for z in logits]).flatten(1).float().cpu()
+        loss = torch.cat([module_cross_entropy(z, self.probe.y) for z in logits]).float().cpu()
+        board = self.society is not None and self.society.slots > 0
+        ev = Evidence(phi, loss, self._heard.clone() if board else None)
+        topo = self._topology()
+        limits = Limits.of(cfg, self._initial[0], self._initial[1])
+        for i, name in enumerate(cfg.actions):
+            before = topo.summary()
+            layout = ACTIONS[name](topo, ev, cfg, limits)
+            common = {"action": name, "cause": cause, "delta_phi": res["delta_phi"],
+                      "theta": res["theta"]}  # fmt: skip
+            if isinstance(layout, str):
+                self.writer.event("reorganize", step, **common, skipped=layout)
+                continue
+            rows, parents = self.apply_layout(layout, gen, seed=self.scenario.seed + step + i)
+            ev = ev.follow(rows, parents)
+            topo = self._topology()
+            graph = None
+            if self.society is not None:
+                graph = f"topology_step{step:06d}_{i}_{name}.json"
+                self.writer.write_json(graph, topo.to_json())
+            self.writer.event("reorganize", step, **common, **layout.detail, before=before,
+                              after=topo.summary(), graph=graph)  # fmt: skip
+
+    def _topology(self) -> Topology:
+        """The society's topology, or one cluster of independent modules."""
+        if self.society is not None:
+            return self.society.topology
+        return build_topology("ensemble", 1, [b.n_modules for b in self.banks])
+
+    @torch.no_grad()
+    def apply_layout(
+        self, layout: Layout, generator: torch.Generator | None = None, seed: int = 0
+    ) -> tuple[Tensor, Tensor]:
+        """Resize every bank (with its AdamW state and EMA rows), the router's cluster rows and
+        the topology to ``layout``. Returns (rows [N_new]: old global id of each module, -1 for
+        a new one; parents [N_new]: the old module a new one copies, -1 for survivors)."""
+        cfg = self.scenario.reorganize
+        noise = 0.0 if cfg is None else cfg.noise
+        topo = self._topology()
+        offsets = [topo.bank_offset(b) for b in range(topo.n_banks)]
+        sizes, plans, perms, rows = bank_plans(topo.bank_of, offsets, layout.clusters)
+        resizable = self.teacher is not None and getattr(self.teacher, "resizable", False)
+        for b, (bank, plan) in enumerate(zip(self.banks, plans, strict=True)):
+            teacher = self.teacher.banks[b] if resizable else None
+            resize_bank(bank, plan, self.optimizer, noise=noise, generator=generator,
+                        teacher_bank=teacher)  # fmt: skip
+        parents = torch.tensor(
+            [p + offsets[b] if s < 0 else -1 for b, pl in enumerate(plans)
+             for s, p in zip(pl.source, pl.parent, strict=True)], dtype=torch.long
+        )  # fmt: skip
+        soc = self.society
+        if soc is not None:
+            adjacency = [
+                None if a is None else a[perm][:, perm]
+                for a, perm in zip(layout.adjacency, perms, strict=True)
+            ]
+            new = topo.relayout(sizes, adjacency, seed)
+            if layout.router is not None and soc.router is not None:
+                resize_rows(soc.router.gate, ["weight", "bias"], layout.router, self.optimizer,
+                            noise=noise, generator=generator)  # fmt: skip
+                soc.router.n_clusters = soc.router.gate.out_features = new.n_clusters
+            soc.set_topology(new)
+            if self.arousal is not None and self.arousal.n_clusters != new.n_clusters:
+                self.arousal.resize(new.n_clusters)
+        self.n_modules = sum(b.n_modules for b in self.banks)
         if self.collapse is not None:
-            self.collapse.select_rows(rows_t)
-        self.emergence.select_rows(rows_t)
-        self.writer.event("reorganize", step, action=cfg.action, cause=cause,
-                          delta_phi=res["delta_phi"], theta=res["theta"], replaced=replaced,
-                          topology="unchanged: replace keeps clusters and edges")  # fmt: skip
+            self.collapse.select_rows(rows)
+        if self.emergence is not None:
+            self.emergence.select_rows(rows)
+        self._heard = self._heard[torch.where(rows >= 0, rows, parents)]  # a copy: its parent's
+        return rows, parents
 
-    def _cluster_order(self) -> Tensor:
-        """Global module ids in cluster-major order (cluster 0's modules first)."""
-        return self.society.module_ids.flatten().cpu()
-
-    def _cluster_rank(self) -> Tensor:
-        """Inverse of _cluster_order: global id -> position in cluster-major order."""
-        order = self._cluster_order()
-        return torch.empty_like(order).scatter_(0, order, torch.arange(len(order)))
+    def _disagreement(self, z: Tensor) -> Tensor:
+        """JS disagreement of every module with its cluster mates: z [N, B, T, V] -> [N]."""
+        topo = self.society.topology
+        out = torch.zeros(z.shape[0])
+        if topo.uniform:  # one batched call over all clusters
+            ids = self.society.module_ids.flatten()
+            dis = peer_disagreement(cluster_probs(z[ids], topo.n_clusters)).flatten()
+            return out.index_copy_(0, ids.cpu(), dis.cpu())
+        for ids in topo.clusters():  # a log-time loop over clusters of different sizes
+            dis = peer_disagreement(cluster_probs(z[ids], 1)).flatten()
+            out[ids] = dis.cpu()
+        return out
 
     def _eval_host(self) -> dict[str, Any]:
         task, module = self.evaluate()
@@ -458,8 +531,8 @@ class Simulation:
         soc, B = self.society, self.scenario.train.batch_size
         T = self.corpus.block_size
         plan, _ = soc.plan(self.knobs.rounds, self._cap(B))
-        n = soc.topology.cluster_size
-        return sum(len(f) for _, f in plan.waves) * n * self._cap(B) * T
+        sizes = soc.topology.cluster_sizes
+        return sum(sizes[f.cluster] for _, fs in plan.waves for f in fs) * self._cap(B) * T
 
     def _cap(self, B: int) -> int:
         soc = self.society
@@ -537,8 +610,12 @@ class Simulation:
         }
         if self.society is not None and train:
             row.update(self._society_row(train))
+        elif train.get("distill_loss") is not None:  # independent modules: mean over modules
+            row["distill_loss"] = float(train.pop("distill_loss").mean())
         module_val = None if val is None else val["module_val_loss"]
-        types = [g.type for g in self.scenario.modules for _ in range(g.count)]
+        types = [bank.cfg.type for bank in self.banks for _ in range(bank.n_modules)]
+        if writes is not None:
+            self._heard += torch.nan_to_num(writes.float().cpu())
         per_module = [
             {
                 "step": row["step"],
@@ -598,11 +675,38 @@ class Simulation:
             "arousal": None if self.arousal is None else self.arousal.state_dict(),
             "teacher": None if self.teacher is None else self.teacher.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "layout": self._layout_state(),
+            "emergence": None if self.emergence is None else self.emergence.state_dict(),
+            "collapse": None if self.collapse is None else self.collapse.state_dict(),
+            "delta_phi_drive": self.delta_phi_drive,
             "data_rng": self.data_rng.get_state(),
             "torch_rng": torch.get_rng_state(),
         }
 
+    def _layout_state(self) -> dict[str, Any]:
+        """The society's shape after any reorganisation (a checkpoint restores it first)."""
+        topo = self._topology()
+        return {"sizes": topo.sizes, "adjacency": topo.adjacency.cpu(), "heard": self._heard}
+
+    def _restore_layout(self, state: dict[str, Any]) -> None:
+        """Give banks, router and topology the checkpoint's shape (values are loaded next)."""
+        sizes, adj = state["sizes"], state["adjacency"]
+        topo = self._topology()
+        if sizes != topo.sizes:
+            clusters: list[list[Ref]] = [  # placeholders: copies of each bank's first module
+                [New(topo.bank_offset(b)) for b, n_b in enumerate(s) for _ in range(n_b)]
+                for s in sizes
+            ]
+            n = [sum(s) for s in sizes]
+            C, C_old = len(sizes), topo.n_clusters
+            router = None if C == C_old else RowPlan([-1] * C, [0] * C)
+            adjacency = [adj[c, : n[c], : n[c]] for c in range(C)]
+            self.apply_layout(Layout(clusters, adjacency, router, {}))
+        self._heard = state["heard"].clone()
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("layout") is not None:
+            self._restore_layout(state["layout"])
         self.model.load_state_dict(state["model"])
         if self.teacher is not None:
             self.teacher.load_state_dict(state["teacher"])
@@ -610,6 +714,11 @@ class Simulation:
             self.arousal.load_state_dict(state["arousal"])
             self.knobs = self._knobs(self.arousal.read()[0])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.emergence is not None and state.get("emergence") is not None:
+            self.emergence.load_state_dict(state["emergence"])
+        if self.collapse is not None and state.get("collapse") is not None:
+            self.collapse.load_state_dict(state["collapse"])
+        self.delta_phi_drive = float(state.get("delta_phi_drive", 0.0))
         self.data_rng.set_state(state["data_rng"])
         torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
@@ -725,3 +834,23 @@ class _Progress:
         if last_event:
             parts.append(last_event)
         self.p.update(self.task, completed=step, info="  ".join(parts))
+
+
+def _peer_rows(topo: Topology, b: int, device: torch.device) -> tuple[Tensor, Tensor | None]:
+    """[M, P] rows of every module's same-type cluster mates in bank ``b`` (increasing row),
+    P = the largest cluster's share minus one; shorter lists are padded with the module's own
+    row and masked ([M, P] bool, None when nothing is padded). Built on the host once per
+    layout."""
+    shares = [s[b] for s in topo.sizes]
+    P = max(shares) - 1
+    index, mask = [], []
+    first = 0
+    for n_b in shares:
+        for i in range(first, first + n_b):
+            mates = [j for j in range(first, first + n_b) if j != i]
+            index.append(mates + [i] * (P - len(mates)))
+            mask.append([True] * len(mates) + [False] * (P - len(mates)))
+        first += n_b
+    pad = any(not all(m) for m in mask)
+    idx = torch.tensor(index, dtype=torch.long, device=device).view(len(index), P)
+    return idx, (torch.tensor(mask, device=device).view(len(index), P) if pad else None)

@@ -1,5 +1,6 @@
-"""Learning dynamics: EMA teachers and distillation (distill), collapse diagnostics (collapse),
-the semantic state φ and emergence events (emergence). See docs/learning.md."""
+"""Learning dynamics: EMA teachers and distillation (distill), frozen teachers from earlier
+runs (teacher), collapse diagnostics (collapse), the semantic state φ and emergence events
+(emergence). See docs/learning.md."""
 
 from brainnet.learning.collapse import (
     CollapseConfig,
@@ -34,6 +35,7 @@ from brainnet.learning.emergence import (
     probe_batch,
 )
 from brainnet.learning.reorganize import RowPlan, keep, module_rows, resize_bank, spawn
+from brainnet.learning.teacher import FrozenTeacher
 
 __all__ = [
     "CollapseConfig",
@@ -43,6 +45,7 @@ __all__ = [
     "EMATeacher",
     "EmergenceConfig",
     "EmergenceTracker",
+    "FrozenTeacher",
     "RowPlan",
     "SemanticGrid",
     "WarmupCorrectionConfig",

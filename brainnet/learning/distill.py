@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +60,7 @@ def distill_loss(
     peer_logits: Tensor | None = None,
     alpha: float = 0.5,
     temperature: float = 2.0,
+    peer_mask: Tensor | None = None,
 ) -> Tensor:
     """Per-module distillation loss α·CE + (1 − α)·T²·KL, batch-mean -> [M].
 
@@ -68,6 +69,8 @@ def distill_loss(
     peer_logits [M, P, B, T, V] | None: P peers per module (deep mutual learning: the mean KL
     over peers; peers are detached). With both, the KL term is (teacher + mean over peers) / 2.
     With neither (or P = 0 peers and no teacher) the loss is the plain CE.
+    peer_mask [M, P] bool (clusters of different sizes): only real peers count; a module
+    without any real peer gets the teacher term alone, or the plain CE.
     """
     ce = module_cross_entropy(student_logits, targets)  # [M]
     if peer_logits is not None and peer_logits.shape[1] == 0:
@@ -75,15 +78,35 @@ def distill_loss(
     terms = []
     if teacher_logits is not None:
         terms.append(kd_loss(student_logits, teacher_logits, temperature, per_module=True))
-    if peer_logits is not None:
+    has_peer = None
+    if peer_logits is not None and peer_mask is None:
         # [M, 1, B, T, V] vs [M, P, B, T, V]: the per-module mean over (P, B, T) is the mean
         # over peers of each peer's batch-mean KL (every peer has B·T positions)
         terms.append(
             kd_loss(student_logits.unsqueeze(1), peer_logits, temperature, per_module=True)
         )
+    elif peer_logits is not None:
+        M, P = peer_mask.shape
+        per_peer = kd_loss(  # [M·P]: each (module, peer) pair's batch-mean KL
+            student_logits.unsqueeze(1).expand_as(peer_logits).flatten(0, 1),
+            peer_logits.flatten(0, 1),
+            temperature,
+            per_module=True,
+        ).view(M, P)
+        w = peer_mask.float()
+        has_peer = peer_mask.any(1)  # [M]
+        terms.append((per_peer * w).sum(1) / w.sum(1).clamp(min=1))
     if not terms:
         return ce
     kd = terms[0] if len(terms) == 1 else (terms[0] + terms[1]) / 2  # [M]
+    if has_peer is not None:  # a module without peers: the teacher alone, or the plain CE
+        alone = terms[0] if len(terms) == 2 else None
+        kd = torch.where(has_peer, kd, alone if alone is not None else kd)
+        loss = alpha * ce + (1.0 - alpha) * kd
+        if alone is not None:
+            return loss
+        # peers only: no peer, no distillation term (closed loop: nothing to learn from)
+        return torch.where(has_peer, loss, ce if alpha > 0 else torch.zeros_like(ce))
     return alpha * ce + (1.0 - alpha) * kd
 
 
@@ -143,7 +166,11 @@ class EMATeacher:
     the teacher never receives gradients and is not an nn.Module attribute of anything, so no
     optimiser sees it. ``update(step)`` is ONE ``torch._foreach_lerp_`` over all stacked
     tensors of all banks: teacher ← teacher + (1 − m)·(student − teacher).
+    ``banks[b]`` mirrors student bank b row for row, so it follows a reorganisation
+    (``resizable``; a ``FrozenTeacher`` from another run does not).
     """
+
+    resizable: ClassVar[bool] = True
 
     def __init__(
         self, banks: Sequence[Bank], cfg: EMAConfig | None = None, total_steps: int | None = None

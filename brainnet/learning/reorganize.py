@@ -175,7 +175,7 @@ def _gather_param(
     new = old.index_select(0, ix.take)  # [M_new, ...] survivors and exact copies of parents
     if ix.n_new and noise != 0.0:
         rows = new.index_select(0, ix.new_pos).float()  # [K, ...] the parents' rows
-        std = rows.flatten(1).std(1, correction=0)  # [K] population std per parent row
+        std = rows.reshape(len(rows), -1).std(1, correction=0)  # [K] population std per row
         gen_device = generator.device if generator is not None else old.device
         eps = torch.randn(rows.shape, generator=generator, device=gen_device).to(old.device)
         scale = (noise * std).view(-1, *([1] * (rows.dim() - 1)))  # [K, 1, ...]
@@ -232,11 +232,25 @@ def resize_bank(
     All checks happen before anything is changed: on ValueError the bank, optimiser and teacher
     are untouched. See the module docstring for the limitations (per-tensor ``step``).
     """
-    M = bank.n_modules
-    plan.check(M)
+    plan.check(bank.n_modules)
+    _resize(bank, _stacked_names(bank), plan, optimizer, noise, generator, teacher_bank)
+    bank.cfg = bank.cfg.model_copy(update={"count": plan.n_new})
+    if teacher_bank is not None:
+        teacher_bank.cfg = teacher_bank.cfg.model_copy(update={"count": plan.n_new})
+
+
+def _resize(
+    bank: nn.Module,
+    names: list[str],
+    plan: RowPlan,
+    optimizer: torch.optim.Optimizer,
+    noise: float,
+    generator: torch.Generator | None,
+    teacher_bank: nn.Module | None,
+) -> None:
+    """The body of ``resize_bank`` over the parameters ``names`` (checks, then commit)."""
     if noise < 0:
         raise ValueError(f"resize_bank: noise = {noise}, must be >= 0")
-    names = _stacked_names(bank)
     index = _indices(plan)
 
     # where each old parameter sits in the optimiser (by identity)
@@ -296,6 +310,79 @@ def resize_bank(
         setattr(bank, name, p)
         if teacher_bank is not None:
             setattr(teacher_bank, name, new_teacher[name])
-    bank.cfg = bank.cfg.model_copy(update={"count": plan.n_new})
-    if teacher_bank is not None:
-        teacher_bank.cfg = teacher_bank.cfg.model_copy(update={"count": plan.n_new})
+
+
+@torch.no_grad()
+def resize_rows(
+    module: nn.Module,
+    names: list[str],
+    plan: RowPlan,
+    optimizer: torch.optim.Optimizer,
+    *,
+    noise: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> None:
+    """``resize_bank`` for any module whose parameters ``names`` have the row axis first
+    (e.g. the router's gate: one row per cluster). Survivors' rows and AdamW moments exact."""
+    plan.check(getattr(module, names[0]).shape[0])
+    _resize(module, names, plan, optimizer, noise, generator, None)
+
+
+# --------------------------------------------------------------------------- layouts
+
+
+@dataclass(frozen=True)
+class New:
+    """A new module in a layout: a noisy copy of old module ``parent`` (global id)."""
+
+    parent: int
+
+
+Ref = int | New  # an old module (global id) or a new one
+
+
+@dataclass
+class Layout:
+    """What a reorganisation action decided: the new clusters, their wiring, the router.
+
+    ``clusters[c]`` lists the new cluster's modules (old global ids or ``New``);
+    ``adjacency[c]`` its [n_c, n_c] intra-cluster graph in that order (None: wired as the
+    topology's ``intra`` says); ``router`` the new gate rows (old cluster c or a copy), None
+    when the clusters' identities are unchanged; ``detail`` goes to the event log."""
+
+    clusters: list[list[Ref]]
+    adjacency: list[Tensor | None]
+    router: RowPlan | None
+    detail: dict[str, Any]
+
+
+def bank_plans(
+    bank_of: Callable[[int], int], offsets: list[int], clusters: list[list[Ref]]
+) -> tuple[list[list[int]], list[RowPlan], list[list[int]], Tensor]:
+    """Row plans that lay every bank out cluster-major for ``clusters``.
+
+    ``bank_of`` maps an old global id to its bank, ``offsets[b]`` is the global id of bank b's
+    row 0. Within a cluster, modules are ordered bank by bank (stable), the slot order.
+    Returns (sizes[c][b], one RowPlan per bank, each cluster's permutation from the listed order
+    to slot order, rows [N_new]: the old global id of every new global id, -1 = new module).
+    """
+    B = len(offsets)
+    src: list[list[int]] = [[] for _ in range(B)]
+    par: list[list[int]] = [[] for _ in range(B)]
+    sizes, perms = [], []
+    for refs in clusters:
+        banks = [bank_of(r.parent if isinstance(r, New) else r) for r in refs]
+        order = sorted(range(len(refs)), key=lambda i: banks[i])  # stable: slot order
+        perms.append(order)
+        sizes.append([banks.count(b) for b in range(B)])
+        for i in order:
+            r, b = refs[i], banks[i]
+            if isinstance(r, New):
+                src[b].append(-1)
+                par[b].append(r.parent - offsets[b])
+            else:
+                src[b].append(r - offsets[b])
+                par[b].append(-1)
+    plans = [RowPlan(s, p) for s, p in zip(src, par, strict=True)]
+    rows = [s + offsets[b] if s >= 0 else -1 for b in range(B) for s in src[b]]
+    return sizes, plans, perms, torch.tensor(rows, dtype=torch.long)

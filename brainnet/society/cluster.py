@@ -24,12 +24,17 @@ def aggregate_mates(messages: Tensor, adjacency: Tensor) -> Tensor:
     return torch.bmm(adjacency.to(flat.dtype) / deg.to(flat.dtype), flat).view_as(messages)
 
 
-def cluster_log_probs(module_lp: Tensor) -> Tensor:
+def cluster_log_probs(module_lp: Tensor, member: Tensor | None = None) -> Tensor:
     """Log of the mean of the cluster's modules' next-token distributions (an ensemble).
 
     module_lp [C, n, cap, T, V]: the modules' log-probabilities -> [C, cap, T, V].
+    member [C, n] bool (unequal clusters): only a cluster's own slots are averaged.
     """
-    return torch.logsumexp(module_lp, dim=1) - math.log(module_lp.shape[1])
+    if member is None:
+        return torch.logsumexp(module_lp, dim=1) - math.log(module_lp.shape[1])
+    keep = member[:, :, None, None, None]  # [C, n, 1, 1, 1]
+    lp = module_lp.masked_fill(~keep, float("-inf"))
+    return torch.logsumexp(lp, dim=1) - member.sum(1).float().log()[:, None, None, None]
 
 
 def merge_routed(

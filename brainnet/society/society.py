@@ -10,9 +10,12 @@
     merge: router-weighted (or uniform) mixture of the clusters' final predictions
     loss = CE(mixture) + router losses + module_loss_weight * mean module CE
 
-Shapes: C clusters of n modules (n = sum of the banks' n_b); a cluster's modules are rows
-``[c*n_b, (c+1)*n_b)`` of bank b. Everything stays on the device; counters come back as
-tensors and the simulation reads them at log intervals only.
+Shapes: C clusters in a padded ``[C, n]`` slot layout (n = the largest cluster); every bank's
+rows are cluster-major. With equal clusters (a fresh scenario) the wave's rows are plain views;
+after a reorganisation made them unequal, each bank's rows are gathered from / scattered into
+the padded layout with static index tensors, and empty slots are masked out of every mean.
+Everything stays on the device; counters come back as tensors and the simulation reads them at
+log intervals only.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from brainnet.society.cluster import (
     merge_uniform,
 )
 from brainnet.society.router import Router, routing_entropy
-from brainnet.society.topology import build_topology
+from brainnet.society.topology import Topology, build_topology
 
 
 @dataclass
@@ -67,6 +70,8 @@ class _Wave:
 
     clusters: Tensor  # [w] long
     bank_idx: list[Tensor | None]  # per bank: rows of the wave's modules (None = all rows)
+    row_pos: list[Tensor]  # per bank [r_b]: wave position of each row's cluster (unequal only)
+    dest: list[Tensor]  # per bank [r_b]: flat slot (position * n + slot) of each row (unequal)
     mates: Tensor  # [w] bool: the cluster has fired before (its mates' messages exist)
     inputs: Tensor  # [w, I] long: inter-cluster sources, clamped to >= 0
     input_ok: Tensor  # [w, I] bool: that source exists and has fired before
@@ -85,18 +90,30 @@ class Society(nn.Module):
         self.cfg = cfg
         self.vocab_size = vocab_size
         counts = [g.count for g in sc.modules]
-        self.topology = topo = build_topology(
-            cfg.topology, cfg.clusters, counts, cfg.intra, sc.seed
-        )
+        topo = build_topology(cfg.topology, cfg.clusters, counts, cfg.intra, sc.seed)
         self.banks = nn.ModuleList(build_bank(g, vocab_size, block_size) for g in sc.modules)
         self.router = Router(cfg.router, vocab_size, topo.n_clusters) if topo.routed else None
         self.message_dim = sc.modules[0].message_dim
-        C, n = topo.n_clusters, topo.cluster_size
-        self.register_buffer("adjacency", topo.adjacency, persistent=False)  # [C, n, n]
-        self.register_buffer("mate_edges", topo.adjacency.sum((1, 2)), persistent=False)  # [C]
-        ids = [[topo.module_id(c, j) for j in range(n)] for c in range(C)]
-        self.register_buffer("module_ids", torch.tensor(ids), persistent=False)  # [C, n]
         self.slots = cfg.blackboard.slots if topo.blackboard else 0
+        self.set_topology(topo)
+
+    def set_topology(self, topo: Topology) -> None:
+        """Adopt ``topo`` (at construction, or after a reorganisation resized the banks):
+        the static index tensors follow it and cached plans are dropped."""
+        for b, (bank, total) in enumerate(zip(self.banks, topo.bank_totals, strict=True)):
+            if bank.n_modules != total:
+                raise ValueError(f"bank {b} has {bank.n_modules} modules, topology {total}")
+        self.topology = topo
+        dev = next(self.banks[0].parameters()).device
+        N = topo.n_modules
+        self.register_buffer("adjacency", topo.adjacency.to(dev), persistent=False)  # [C, n, n]
+        self.register_buffer("mate_edges", self.adjacency.sum((1, 2)), persistent=False)  # [C]
+        # [C, n] global id of each slot; empty slots point at N (a dump row, dropped)
+        self.register_buffer("module_ids", topo.slot_ids(N).to(dev), persistent=False)
+        self.register_buffer("member", topo.member_mask().to(dev), persistent=False)  # [C, n]
+        sizes = torch.tensor(topo.cluster_sizes, dtype=torch.float, device=dev)
+        self.register_buffer("sizes", sizes, persistent=False)  # [C] n_c
+        self.uniform = topo.uniform
         self.has_mates = bool(topo.adjacency.sum() > 0)
         self.has_inputs = any(topo.inputs)
         self.n_memory = self.slots + int(self.has_mates) + int(self.has_inputs)  # P
@@ -131,14 +148,23 @@ class Society(nn.Module):
         C = topo.n_clusters
         fired: set[int] = set()
         width = max([len(i) for i in topo.inputs] + [1])
+        n = topo.cluster_size
         waves = []
         for i, (_, firings) in enumerate(plan.waves):
             cl = sorted({f.cluster for f in firings})
             full = len(cl) == C
-            bank_idx = [
-                None if full else torch.tensor([c * n_b + j for c in cl for j in range(n_b)])
-                for n_b in topo.bank_sizes
-            ]
+            bank_idx, row_pos, dest = [], [], []
+            for b in range(topo.n_banks):  # rows of the wave's clusters, cluster-major
+                rows, pos, slot = [], [], []
+                for p, c in enumerate(cl):
+                    n_bc, first = topo.sizes[c][b], topo.row_start(b, c)
+                    before = sum(topo.sizes[c][:b])  # slots of earlier banks in cluster c
+                    rows += range(first, first + n_bc)
+                    pos += [p] * n_bc
+                    slot += [p * n + before + j for j in range(n_bc)]
+                bank_idx.append(None if full else torch.tensor(rows, dtype=torch.long))
+                row_pos.append(torch.tensor(pos, dtype=torch.long, device=dev))
+                dest.append(torch.tensor(slot, dtype=torch.long, device=dev))
             src = [topo.inputs[c] + [-1] * (width - len(topo.inputs[c])) for c in cl]
             ok = [[s >= 0 and s in fired for s in row] for row in src]
             mates = [c in fired for c in cl]
@@ -148,6 +174,8 @@ class Society(nn.Module):
                 _Wave(
                     clusters=torch.tensor(cl, device=dev),
                     bank_idx=[None if b is None else b.to(dev) for b in bank_idx],
+                    row_pos=row_pos,
+                    dest=dest,
                     mates=torch.tensor(mates, device=dev),
                     inputs=torch.tensor(src, device=dev).clamp(min=0),
                     input_ok=torch.tensor(ok, device=dev, dtype=torch.bool),
@@ -195,7 +223,6 @@ class Society(nn.Module):
 
         for wave in waves:
             W = wave.clusters
-            w = W.shape[0]
             sidx = seq_index[W]  # [w, cap]
             toks = tokens_pad[sidx]  # [w, cap, T]
             memory = mask = None
@@ -203,20 +230,10 @@ class Society(nn.Module):
                 memory, mask = self._memory(wave, sidx, T, msgs, board, count, active)
                 if record:
                     trace += self._trace_reads(wave)
-            outs = []
-            off = 0
-            for bank, n_b, idx in zip(self.banks, topo.bank_sizes, wave.bank_idx, strict=True):
-                t_b = toks[:, None].expand(w, n_b, cap, T).reshape(w * n_b, cap, T)
-                m_b = k_b = None
-                if memory is not None:
-                    m_b = memory[:, off : off + n_b].reshape(w * n_b, cap, T, -1, Dm)
-                    k_b = mask[:, off : off + n_b].reshape(w * n_b, cap, T, -1)
-                o = bank(t_b, m_b, k_b, idx=idx)
-                outs.append([t.view(w, n_b, *t.shape[1:]) for t in o])
-                off += n_b
-            new_logits, new_msg, new_sal = (
-                torch.cat(parts, dim=1) for parts in zip(*outs, strict=True)
-            )
+            if self.uniform:
+                new_logits, new_msg, new_sal = self._run_banks(wave, toks, memory, mask)
+            else:
+                new_logits, new_msg, new_sal = self._run_banks_padded(wave, toks, memory, mask)
             logits = _update(logits, W, new_logits, C)
             msgs = _update(msgs, W, new_msg, C)
             sal = _update(sal, W, new_sal, C)
@@ -230,7 +247,7 @@ class Society(nn.Module):
         assert logits is not None
         # merge: the society's prediction
         module_lp = torch.log_softmax(logits.float(), dim=-1)  # [C, n, cap, T, V], once
-        lp = cluster_log_probs(module_lp)  # [C, cap, T, V]
+        lp = cluster_log_probs(module_lp, None if self.uniform else self.member)  # [C, cap, T, V]
         if route is not None:
             d = route.dispatch
             logp = merge_routed(lp, d.slot, route.chosen, d.kept, route.gates)  # [B, T, V]
@@ -245,13 +262,17 @@ class Society(nn.Module):
         ce = -module_lp.gather(-1, target).squeeze(-1)  # [C, n, cap, T]
         per_slot = ce.mean(-1) * valid[:, None]  # [C, n, cap]
         module_ce = per_slot.sum(-1) / active[:, None].clamp(min=1)  # [C, n]
-        loss = task_loss + self.cfg.module_loss_weight * module_ce.mean()
+        if self.uniform:
+            mean_ce = module_ce.mean()
+        else:  # empty slots hold no module
+            mean_ce = (module_ce * self.member).sum() / self.member.sum()
+        loss = task_loss + self.cfg.module_loss_weight * mean_ce
         idle = (active == 0)[:, None].expand(C, n)  # a module that saw no sequence: NaN
-        module_loss = torch.empty(self.n_modules, device=dev).scatter_(
+        module_loss = torch.empty(self.n_modules + 1, device=dev).scatter_(
             0,
             self.module_ids.flatten(),
             module_ce.detach().masked_fill(idle, float("nan")).flatten(),
-        )
+        )[: self.n_modules]  # the last entry is the empty slots' dump
         stats: dict[str, Tensor] = {
             "messages_mate": count["mate"],
             "messages_input": count["input"],
@@ -280,6 +301,63 @@ class Society(nn.Module):
         stats["cluster_loss"] = (cl_nll * valid).sum(1) / active.clamp(min=1)  # [C]
         return StepOut(loss, task_loss, module_loss, stats, trace, route, logits, seq_index)
 
+    def _run_banks(
+        self, wave: _Wave, toks: Tensor, memory: Tensor | None, mask: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Equal clusters: ONE call per bank on views of the wave's slots.
+
+        toks [w, cap, T], memory [w, n, cap, T, P, Dm] | None
+        -> logits [w, n, cap, T, V], message [w, n, cap, T, Dm], salience [w, n, cap, T]."""
+        w, cap, T = toks.shape
+        outs = []
+        off = 0
+        for bank, n_b, idx in zip(self.banks, self.topology.sizes[0], wave.bank_idx, strict=True):
+            t_b = toks[:, None].expand(w, n_b, cap, T).reshape(w * n_b, cap, T)
+            m_b = k_b = None
+            if memory is not None:
+                m_b = memory[:, off : off + n_b].reshape(w * n_b, cap, T, -1, self.message_dim)
+                k_b = mask[:, off : off + n_b].reshape(w * n_b, cap, T, -1)
+            o = bank(t_b, m_b, k_b, idx=idx)
+            outs.append([t.view(w, n_b, *t.shape[1:]) for t in o])
+            off += n_b
+        return tuple(torch.cat(parts, dim=1) for parts in zip(*outs, strict=True))
+
+    def _run_banks_padded(
+        self, wave: _Wave, toks: Tensor, memory: Tensor | None, mask: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Unequal clusters: ONE call per bank on its rows of the wave, gathered from and
+        scattered into the padded [w, n] slots (empty slots: logits 0, message 0, salience
+        -inf so that they never win the board). Same shapes as ``_run_banks``."""
+        w, cap, T = toks.shape
+        n = self.topology.cluster_size
+        flat_mem = None if memory is None else memory.flatten(0, 1)  # [w*n, cap, T, P, Dm]
+        flat_mask = None if mask is None else mask.flatten(0, 1)  # [w*n, cap, T, P]
+        outs = []
+        for bank, idx, pos, dest in zip(
+            self.banks, wave.bank_idx, wave.row_pos, wave.dest, strict=True
+        ):
+            if dest.numel() == 0:  # this bank has no module in the wave's clusters
+                continue
+            t_b = toks.index_select(0, pos)  # [r_b, cap, T]
+            m_b = None if flat_mem is None else flat_mem.index_select(0, dest)
+            k_b = None if flat_mask is None else flat_mask.index_select(0, dest)
+            outs.append((dest, bank(t_b, m_b, k_b, idx=idx)))
+        result = []
+        for i, fill in enumerate((0.0, 0.0, float("-inf"))):
+            like = outs[0][1][i]  # [r_b, cap, T, ...]
+            full = like.new_full((w * n, *like.shape[1:]), fill)
+            for dest, o in outs:
+                full = full.index_copy(0, dest, o[i])
+            result.append(full.view(w, n, *like.shape[1:]))
+        return tuple(result)
+
+    def _cluster_mean(self, msgs: Tensor) -> Tensor:
+        """Mean message of each cluster's modules: [C, n, ...] -> [C, ...] (empty slots out)."""
+        if self.uniform:
+            return msgs.mean(1)
+        m = self.member.view(*self.member.shape, *([1] * (msgs.dim() - 2))).to(msgs.dtype)
+        return (msgs * m).sum(1) / self.sizes.view(-1, *([1] * (msgs.dim() - 2))).to(msgs.dtype)
+
     # ------------------------------------------------------------------ memory and board
 
     def _memory(
@@ -306,7 +384,7 @@ class Society(nn.Module):
             parts.append(slots[:, None].expand(w, n, *slots.shape[1:]))
             masks.append(occ[:, None].expand(w, n, *occ.shape[1:]))
             if wave.board:
-                count["read"] = count["read"] + (a * n).sum()
+                count["read"] = count["read"] + (a * self.sizes[W]).sum()
         if msgs is None:  # nobody has spoken yet: only the (empty) board exists
             msgs_w = torch.zeros(w, n, cap, T, self.message_dim, device=sidx.device)
         else:
@@ -318,7 +396,7 @@ class Society(nn.Module):
             count["mate"] = count["mate"] + (self.mate_edges[W] * a * wave.mates).sum()
         if self.has_inputs:
             ok = wave.input_ok  # [w, I]
-            src = msgs.mean(1)[wave.inputs] if msgs is not None else None  # [w, I, cap, T, Dm]
+            src = None if msgs is None else self._cluster_mean(msgs)[wave.inputs]  # [w,I,cap,T,Dm]
             k = ok.sum(1)  # [w]
             if src is None:
                 agg = msgs_w[:, 0]
@@ -328,7 +406,7 @@ class Society(nn.Module):
                 ]
             parts.append(agg[:, None, :, :, None].expand(w, n, cap, T, 1, self.message_dim))
             masks.append((k > 0)[:, None, None, None, None].expand(w, n, cap, T, 1))
-            count["input"] = count["input"] + (k * n * a).sum()
+            count["input"] = count["input"] + (k * self.sizes[W] * a).sum()
         return torch.cat(parts, dim=4), torch.cat(masks, dim=4)
 
     def _write_board(
@@ -379,21 +457,18 @@ class Society(nn.Module):
     def _trace_reads(self, wave: _Wave) -> list[tuple[str, Any, Any]]:
         """Host-side record of the deliveries of a wave (tests and diagnostics only)."""
         topo = self.topology
+        members = topo.clusters()
         out = []
         for i, c in enumerate(wave.clusters.tolist()):
             if self.has_mates and wave.mates[i]:
                 a = topo.adjacency[c]
                 for r, s in a.nonzero().tolist():
-                    out.append(("mate", topo.module_id(c, s), topo.module_id(c, r)))
+                    out.append(("mate", members[c][s], members[c][r]))
             for src, ok in zip(wave.inputs[i].tolist(), wave.input_ok[i].tolist(), strict=True):
                 if ok:
-                    for s in range(topo.cluster_size):
-                        for r in range(topo.cluster_size):
-                            out.append(("input", topo.module_id(src, s), topo.module_id(c, r)))
+                    out += [("input", s, r) for s in members[src] for r in members[c]]
             if wave.board:
-                out += [
-                    ("read", "blackboard", topo.module_id(c, j)) for j in range(topo.cluster_size)
-                ]
+                out += [("read", "blackboard", m) for m in members[c]]
         return out
 
 

@@ -2,9 +2,12 @@
 
 This is the only networkx user in the core. It turns a scenario into
 
-* clusters: C equal clusters; cluster c holds rows ``[c*n_b, (c+1)*n_b)`` of every bank b
-  (so a cluster may mix module types, and intra-cluster message passing is one batched matmul
-  with the ``[C, n, n]`` adjacency);
+* clusters: C clusters; ``sizes[c][b]`` modules of bank b sit in cluster c, and every bank's
+  rows are laid out cluster-major (cluster 0's rows first). A scenario starts with equal
+  clusters (``[c*n_b, (c+1)*n_b)``); reorganisation (split / merge / spawn / prune) makes them
+  unequal. A cluster's modules occupy *slots* ``0..n_c-1`` (bank order) of a padded
+  ``[C, n]`` layout, n = the largest cluster, so intra-cluster message passing stays one
+  batched matmul with the ``[C, n, n]`` adjacency (empty slots have no edges);
 * the intra-cluster graph (complete by default; ring or small-world), as a tensor;
 * inter-cluster links (pipeline: c-1 -> c; feedback: also c+1 -> c top-down);
 * the firings ``(cluster, round)`` with the firings each one waits for — the clock turns these
@@ -48,44 +51,138 @@ class Firing:
 class Topology:
     kind: str
     n_clusters: int  # C
-    bank_sizes: list[int]  # modules of each bank in one cluster (n_b)
-    adjacency: Tensor  # [C, n, n] float 0/1, adjacency[c, i, j] = 1: module i reads module j
+    sizes: list[list[int]]  # sizes[c][b]: modules of bank b in cluster c
+    adjacency: Tensor  # [C, n, n] float 0/1, adjacency[c, i, j] = 1: slot i reads slot j
     inputs: list[list[int]]  # inter-cluster in-neighbours of each cluster
     routed: bool  # the router chooses clusters per sequence
     blackboard: bool  # a global workspace is shared (per sequence)
     merge: list[int]  # clusters whose outputs form the prediction (when not routed)
-    graph: nx.DiGraph = field(repr=False)  # module-level graph, with router / blackboard nodes
+    intra: str = "complete"  # how a new or changed cluster is wired inside
+    graph: nx.DiGraph = field(default_factory=nx.DiGraph, repr=False)  # module-level graph
 
     @property
-    def cluster_size(self) -> int:  # n
-        return sum(self.bank_sizes)
+    def n_banks(self) -> int:
+        return len(self.sizes[0])
+
+    @property
+    def cluster_sizes(self) -> list[int]:
+        """n_c: modules in each cluster (all banks)."""
+        return [sum(s) for s in self.sizes]
+
+    @property
+    def cluster_size(self) -> int:  # n: slots of the padded layout (the largest cluster)
+        return max(self.cluster_sizes)
+
+    @property
+    def uniform(self) -> bool:
+        """Every cluster holds the same number of modules of every bank (no padding)."""
+        return all(s == self.sizes[0] for s in self.sizes)
+
+    @property
+    def bank_sizes(self) -> list[int]:
+        """n_b: modules of each bank in one cluster (uniform layouts only)."""
+        if not self.uniform:
+            raise ValueError(f"clusters differ in size: {self.sizes}")
+        return list(self.sizes[0])
+
+    @property
+    def bank_totals(self) -> list[int]:
+        """M_b: rows of each bank."""
+        return [sum(s[b] for s in self.sizes) for b in range(self.n_banks)]
 
     @property
     def n_modules(self) -> int:
-        return self.n_clusters * self.cluster_size
+        return sum(self.bank_totals)
 
     def to_json(self) -> dict:
         """The module-level graph as node-link JSON (what viz/ draws)."""
         return nx.node_link_data(self.graph, edges="links")
 
+    def row_start(self, bank: int, cluster: int) -> int:
+        """First row of ``cluster`` in bank ``bank``."""
+        return sum(self.sizes[c][bank] for c in range(cluster))
+
+    def bank_offset(self, bank: int) -> int:
+        """Global id of bank ``bank``'s row 0 (banks are concatenated)."""
+        return sum(self.bank_totals[:bank])
+
+    def members(self, cluster: int) -> list[int]:
+        """Global module ids of ``cluster``'s slots, in slot order (bank by bank)."""
+        out = []
+        for b, n_b in enumerate(self.sizes[cluster]):
+            first = self.bank_offset(b) + self.row_start(b, cluster)
+            out += range(first, first + n_b)
+        return out
+
+    def clusters(self) -> list[list[int]]:
+        """Every cluster's members."""
+        return [self.members(c) for c in range(self.n_clusters)]
+
+    def bank_of(self, module: int) -> int:
+        """Global module id -> its bank."""
+        for b, total in enumerate(self.bank_totals):
+            if module < total:
+                return b
+            module -= total
+        raise IndexError(module)
+
     def cluster_of(self, module: int) -> int:
         """Global module id (banks concatenated, each cluster-major) -> cluster."""
-        for n_b in self.bank_sizes:
-            size = self.n_clusters * n_b
-            if module < size:
-                return module // n_b
-            module -= size
+        b = self.bank_of(module)
+        row = module - self.bank_offset(b)
+        for c in range(self.n_clusters):
+            row -= self.sizes[c][b]
+            if row < 0:
+                return c
         raise IndexError(module)
 
     def module_id(self, cluster: int, j: int) -> int:
-        """Position j in cluster (banks in order) -> global module id."""
-        offset = 0
-        for n_b in self.bank_sizes:
-            if j < n_b:
-                return offset + cluster * n_b + j
-            j -= n_b
-            offset += self.n_clusters * n_b
-        raise IndexError(j)
+        """Slot j of ``cluster`` (banks in order) -> global module id."""
+        return self.members(cluster)[j]
+
+    def member_mask(self) -> Tensor:
+        """[C, n] bool: the slot holds a module."""
+        n = self.cluster_size
+        return torch.arange(n)[None, :] < torch.tensor(self.cluster_sizes)[:, None]
+
+    def slot_ids(self, fill: int) -> Tensor:
+        """[C, n] long: global module id in every slot, ``fill`` in empty slots."""
+        n = self.cluster_size
+        return torch.tensor([m + [fill] * (n - len(m)) for m in self.clusters()])
+
+    def relayout(
+        self, sizes: list[list[int]], adjacency: list[Tensor | None], seed: int
+    ) -> Topology:
+        """The same kind of society with new clusters: ``sizes[c][b]`` as above and each
+        cluster's own [n_c, n_c] adjacency (None: wire it as ``intra`` says). Inter-cluster
+        inputs (chains) and the merge list are kept when the number of clusters is; a chain
+        cannot gain or lose clusters."""
+        same = len(sizes) == self.n_clusters
+        if any(self.inputs) and not same:
+            raise ValueError(f"topology {self.kind!r} is a chain: its clusters cannot change")
+        C = len(sizes)
+        n = max(sum(s) for s in sizes)
+        adj = torch.zeros(C, n, n)
+        for c, (s, a) in enumerate(zip(sizes, adjacency, strict=True)):
+            n_c = sum(s)
+            if a is None:
+                a = _intra_adjacency(self.intra, n_c, seed + c)
+            if tuple(a.shape) != (n_c, n_c):
+                raise ValueError(f"cluster {c}: adjacency {tuple(a.shape)} for {n_c} modules")
+            adj[c, :n_c, :n_c] = a
+        inputs = [list(i) for i in self.inputs] if same else [[] for _ in range(C)]
+        merge = list(self.merge) if same else list(range(C))
+        topo = Topology(self.kind, C, [list(s) for s in sizes], adj, inputs, self.routed,
+                        self.blackboard, merge, self.intra)  # fmt: skip
+        topo.graph = _module_graph(topo)
+        return topo
+
+    def summary(self) -> dict:
+        """Compact description for events: members of each cluster and intra-cluster edges."""
+        return {
+            "clusters": self.clusters(),
+            "edges": [int(self.adjacency[c].sum()) for c in range(self.n_clusters)],
+        }
 
     def firings(self, rounds: int) -> list[Firing]:
         """Every (cluster, round) firing of one step with what it waits for.
@@ -132,7 +229,8 @@ def build_topology(
     routed = kind in ("routing", "brain")
     blackboard = kind == "brain"
     merge = [C - 1] if kind == "pipeline" else list(range(C))
-    topo = Topology(kind, C, bank_sizes, adjacency, inputs, routed, blackboard, merge, nx.DiGraph())
+    sizes = [list(bank_sizes) for _ in range(C)]
+    topo = Topology(kind, C, sizes, adjacency, inputs, routed, blackboard, merge, intra)
     topo.graph = _module_graph(topo)
     return topo
 
@@ -156,19 +254,19 @@ def _intra_adjacency(kind: str, n: int, seed: int) -> Tensor:
 def _module_graph(t: Topology) -> nx.DiGraph:
     """Module-level directed graph (edge u -> v: v receives from u), for checks and drawing."""
     g = nx.DiGraph()
-    n = t.cluster_size
-    for c in range(t.n_clusters):
-        for j in range(n):
-            g.add_node(t.module_id(c, j), kind="module", cluster=c)
-    for c in range(t.n_clusters):
+    members = t.clusters()
+    for c, ids in enumerate(members):
+        for m in ids:
+            g.add_node(m, kind="module", cluster=c)
+    for c, ids in enumerate(members):
         ii, jj = t.adjacency[c].nonzero(as_tuple=True)
         for i, j in zip(ii.tolist(), jj.tolist(), strict=True):
-            g.add_edge(t.module_id(c, j), t.module_id(c, i), kind="mate")
+            g.add_edge(ids[j], ids[i], kind="mate")
         for src in t.inputs[c]:
             kind = "bottom_up" if src < c else "top_down"
-            for j in range(n):
-                for i in range(n):
-                    g.add_edge(t.module_id(src, j), t.module_id(c, i), kind=kind)
+            for u in members[src]:
+                for v in ids:
+                    g.add_edge(u, v, kind=kind)
     if t.routed:
         g.add_node("router", kind="router")
         for m in range(t.n_modules):
