@@ -101,9 +101,9 @@ class Simulation:
         self.optimizer = build_optimizer(list(self.banks), sc.train, self.device, extra)
         self.n_modules = sum(b.n_modules for b in self.banks)
         self._initial = (self._topology().n_clusters, self.n_modules)  # reorganisation limits
-        self._heard = torch.zeros(self.n_modules)
-        self._cache: dict[tuple, Any] = {}
-        self._pending: tuple | None = None  # an emergence event's reorganisation, due  # board writes per module since a relayout
+        self._heard = torch.zeros(self.n_modules)  # board writes per module since a relayout
+        self._cache: dict[tuple, Any] = {}  # index tensors per layout (peers)
+        self._pending: tuple | None = None  # an emergence event's reorganisation, due
         self.step = 0
         # data sampling has its own RNG stream: model-side randomness never shifts the batches
         self.data_rng = torch.Generator().manual_seed(sc.seed + 1)
