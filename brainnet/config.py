@@ -321,10 +321,10 @@ class DistillConfig(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> DistillConfig:
-        if self.warmup_correction.enabled and self.teacher == "peers":
+        if self.warmup_correction.enabled and self.teacher in ("peers", "both"):
             raise ValueError(
-                "@field:warmup_correction.enabled:true:needs a teacher to score samples; "
-                "set teacher to 'ema' or 'both'"
+                "@field:warmup_correction.enabled:true:needs one teacher to score each "
+                "module's own samples; set teacher to 'ema' or 'run'"
             )
         if self.teacher == "run" and not self.teacher_run:
             raise ValueError(

@@ -64,3 +64,27 @@ def test_resume_with_a_teacher_is_exact(tmp_path):
     for p, q in zip(full.teacher.banks[0].parameters(), resumed.teacher.banks[0].parameters(),
                     strict=True):  # fmt: skip
         assert torch.equal(p, q)
+
+
+def test_warmup_correction_distils_on_teacher_corrected_samples(tmp_path):
+    wc = {"enabled": True, "prompt": 4, "threshold": 0.2, "temperature": 1.0}
+    s = sim(tmp_path, **{"distill.warmup_correction": wc, "corpus.block_size": 12})
+    s.run(steps=2)  # the EMA teacher has moved away from the student
+    batch = s.corpus.batch("train", 4, torch.Generator().manual_seed(5))
+    kd, ce = s.consolidate(batch)
+    replaced = s._pop_replaced()["warmup_replaced"]
+    # reference: the same correction by hand, then α·CE(real batch) + (1−α)·T²·KL(corrected)
+    cfg = s.scenario.distill
+    bank, teacher = s.banks[0], s.teacher.banks[0]
+    tokens = torch.cat([batch.x, batch.y[:, -1:]], 1).expand(3, -1, -1).contiguous()
+    gen = torch.Generator().manual_seed(s.scenario.seed + 11 * s.step)
+    seq, frac = brainnet.learning.warmup_correct(bank, teacher, tokens, 4, 0.2, 1.0, gen)
+    with torch.no_grad():
+        t = teacher(seq[:, :, :-1]).logits
+    ref_kd = brainnet.learning.kd_loss(bank(seq[:, :, :-1]).logits, t, cfg.temperature, True)
+    ref = cfg.alpha * ce + (1 - cfg.alpha) * ref_kd
+    torch.testing.assert_close(kd, ref)
+    torch.testing.assert_close(replaced, frac)
+    assert (seq[:, :, :4] == tokens[:, :, :4]).all() and 0 <= float(frac.min()) <= 1  # prompt kept
+    out = s.train_step()
+    assert out["warmup_replaced"].shape == (3,) and torch.isfinite(out["distill_loss"]).all()

@@ -30,7 +30,7 @@ from brainnet.engine.optim import build_optimizer, clip_module, clip_per_module,
 from brainnet.learning.actions import ACTIONS, Evidence, Limits
 from brainnet.learning.collapse import CollapseMonitor, cluster_probs, diagnose, peer_disagreement
 from brainnet.learning.collapse import sample as sample_bank
-from brainnet.learning.distill import EMATeacher, distill_loss
+from brainnet.learning.distill import EMATeacher, distill_loss, kd_loss, warmup_correct
 from brainnet.learning.emergence import EmergenceTracker, probe_batch
 from brainnet.learning.reorganize import (
     Layout,
@@ -104,6 +104,7 @@ class Simulation:
         self._heard = torch.zeros(self.n_modules)  # board writes per module since a relayout
         self._cache: dict[tuple, Any] = {}  # index tensors per layout (peers)
         self._pending: tuple | None = None  # an emergence event's reorganisation, due
+        self._warmup_replaced: list[Tensor] = []  # [M] per bank, this step's correction
         self.step = 0
         # data sampling has its own RNG stream: model-side randomness never shifts the batches
         self.data_rng = torch.Generator().manual_seed(sc.seed + 1)
@@ -204,9 +205,50 @@ class Simulation:
             if cfg.teacher in ("peers", "both"):
                 index, mask = self._peer_index(b)
                 peers = logits.detach()[index] * sharpen  # [M, P, B, T, V]
-            out.append(distill_loss(logits, batch.y, teacher, peers, alpha, cfg.temperature, mask))
+            if cfg.warmup_correction.enabled:  # the KL term on teacher-corrected samples
+                kd = self._corrected_kd(b, bank, batch, sharpen)  # [M]
+                ce = module_cross_entropy(logits, batch.y)
+                out.append(alpha * ce + (1 - alpha) * kd)
+            else:
+                out.append(
+                    distill_loss(logits, batch.y, teacher, peers, alpha, cfg.temperature, mask)
+                )
             ces.append(module_cross_entropy(logits.detach(), batch.y))
         return torch.cat(out), torch.cat(ces)
+
+    def _corrected_kd(self, b: int, bank: Any, batch: Batch, sharpen: float) -> Tensor:
+        """Warmup-Distill: each module samples continuations of the batch's first ``prompt``
+        tokens, the teacher replaces the tokens it finds unlikely, and the T²·KL to the
+        teacher is taken on the corrected sequences -> [M]. The share of replaced tokens is
+        kept for logging (``warmup_replaced``)."""
+        cfg = self.scenario.distill
+        wc = cfg.warmup_correction
+        M = bank.n_modules
+        full = torch.cat([batch.x, batch.y[:, -1:]], dim=1)  # [B, T+1]
+        tokens = full.unsqueeze(0).expand(M, -1, -1).contiguous()  # [M, B, T+1]
+        teacher = self.teacher
+        assert teacher is not None
+
+        def score(x: Tensor) -> Tensor:
+            return teacher.logits(b, x)
+
+        scorer = teacher.banks[b] if getattr(teacher, "resizable", False) else score
+        gen = torch.Generator(device=self.device).manual_seed(self.scenario.seed + 11 * self.step)
+        with torch.no_grad():
+            seq, replaced = warmup_correct(bank, scorer, tokens, wc.prompt, wc.threshold,
+                                           wc.temperature, gen)  # fmt: skip
+            t_logits = teacher.logits(b, seq[:, :, :-1]) * sharpen  # [M, B, T, V]
+        self._warmup_replaced.append(replaced)
+        s_logits = bank(seq[:, :, :-1]).logits  # [M, B, T, V]
+        return kd_loss(s_logits, t_logits, cfg.temperature, per_module=True)
+
+    def _pop_replaced(self) -> dict[str, Tensor]:
+        """The warm-up correction's replaced-token share of this step, per module [N]."""
+        if not self._warmup_replaced:
+            return {}
+        out = torch.cat(self._warmup_replaced)
+        self._warmup_replaced = []
+        return {"warmup_replaced": out}
 
     def _peer_index(self, b: int) -> tuple[Tensor, Tensor | None]:
         """Each module's peers in bank ``b``: its cluster mates of the same type (a society),
@@ -257,10 +299,12 @@ class Simulation:
             elif self.society is None:  # one pass: the distillation loss holds alpha * CE
                 kd, module_ce = self.consolidate(batch)  # [N] each
                 loss, task, stats = kd.sum(), module_ce.mean(), {"distill_loss": kd.detach()}
+                stats.update(self._pop_replaced())
             else:
                 loss, task, module_ce, stats = self._losses(batch)
                 kd, _ = self.consolidate(batch)
                 stats["distill_loss"] = kd.detach()
+                stats.update(self._pop_replaced())
                 # closed soft loop: nothing but the distillation term is learned from
                 loss = loss + kd.mean() if self.scenario.distill.labels else kd.sum()
         loss.backward()
@@ -383,7 +427,9 @@ class Simulation:
             return row, per_module
         logits = self.standalone_logits(self.probe)  # per bank [M, B, T, V]
         if due_e:
-            res = self.emergence.observe(torch.cat([self.emergence.phi(z) for z in logits]))
+            phi = torch.cat([self.emergence.phi(z) for z in logits])  # [N, S, C]
+            res = self.emergence.observe(phi)
+            res["phi"] = phi
             self.delta_phi_drive = self.emergence.arousal_input
             row.update(
                 delta_phi=res["delta_phi"],
@@ -434,7 +480,10 @@ class Simulation:
         cfg = self.scenario.reorganize
         assert cfg is not None and self.emergence is not None
         gen = torch.Generator(device=self.device).manual_seed(self.scenario.seed + 7 * step)
-        phi = torch.cat([self.emergence.phi(z) for z in logits]).flatten(1).float().cpu()
+        phi = res.get("phi")  # the probe's φ [N, S, C], if the caller has it
+        if phi is None:
+            phi = torch.cat([self.emergence.phi(z) for z in logits])
+        phi = phi.flatten(1).float().cpu()  # [N, S·C]
         loss = torch.cat([module_cross_entropy(z, self.probe.y) for z in logits]).float().cpu()
         board = self.society is not None and self.society.slots > 0
         ev = Evidence(phi, loss, self._heard.clone() if board else None)
@@ -610,8 +659,10 @@ class Simulation:
         }
         if self.society is not None and train:
             row.update(self._society_row(train))
-        elif train.get("distill_loss") is not None:  # independent modules: mean over modules
-            row["distill_loss"] = float(train.pop("distill_loss").mean())
+        else:  # independent modules: the mean over modules
+            for k in ("distill_loss", "warmup_replaced"):
+                if train.get(k) is not None:
+                    row[k] = float(train.pop(k).mean())
         module_val = None if val is None else val["module_val_loss"]
         types = [bank.cfg.type for bank in self.banks for _ in range(bank.n_modules)]
         if writes is not None:

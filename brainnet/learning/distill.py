@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from brainnet.config import DistillConfig, EMAConfig, WarmupCorrectionConfig  # noqa: F401
 from brainnet.modules.bank import Bank, module_cross_entropy
@@ -250,7 +250,7 @@ class EMATeacher:
 @torch.no_grad()
 def warmup_correct(
     student: Bank,
-    teacher: Bank,
+    teacher: Bank | Callable[[Tensor], Tensor],
     tokens: Tensor,
     prompt: int,
     threshold: float,
@@ -260,6 +260,8 @@ def warmup_correct(
 ) -> tuple[Tensor, Tensor]:
     """Warmup-Distill (arXiv 2502.11766): teacher-corrected student samples.
 
+    ``teacher``: a bank like the student's (the EMA teacher), or any function tokens
+    [M, B, t] -> logits [M, B, t, V] (e.g. a frozen teacher from another run).
     tokens [M, B, T] long (modules ``idx`` of both banks, all when None). The first ``prompt``
     tokens are kept. The student samples positions prompt..T−1 autoregressively (one batched
     bank call per position on the growing prefix, ``torch.multinomial`` over [M·B, V] at
@@ -284,19 +286,28 @@ def warmup_correct(
     replaced = torch.zeros(M, device=tokens.device)
     if prompt >= T:
         return seq, replaced
-    modes = (student.training, teacher.training)
-    student.eval()
-    teacher.eval()
+    if isinstance(teacher, nn.Module):
+        bank = teacher
+
+        def score(x: Tensor) -> Tensor:
+            return bank(x, idx=idx).logits
+
+        restore = [student, bank]
+    else:
+        score, restore = teacher, [student]
+    modes = [m.training for m in restore]
+    for m in restore:
+        m.eval()
     try:
         for t in range(prompt, T):  # over positions, never over modules
             logits = student(seq[:, :, :t], idx=idx).logits[:, :, -1]  # [M, B, V]
             V = logits.shape[-1]
             probs = F.softmax(logits.float() / temperature, dim=-1).view(M * B, V)
             seq[:, :, t] = torch.multinomial(probs, 1, generator=generator).view(M, B)
-        t_logits = teacher(seq[:, :, :-1], idx=idx).logits[:, :, prompt - 1 :]  # [M,B,G,V]
+        t_logits = score(seq[:, :, :-1])[:, :, prompt - 1 :]  # [M, B, G, V]
     finally:
-        student.train(modes[0])
-        teacher.train(modes[1])
+        for m, mode in zip(restore, modes, strict=True):
+            m.train(mode)
     G, V = T - prompt, t_logits.shape[-1]
     sampled = seq[:, :, prompt:]  # [M, B, G]
     p_sampled = F.softmax(t_logits.float(), dim=-1).gather(-1, sampled.unsqueeze(-1))[..., 0]
