@@ -170,6 +170,72 @@ def validate(
         out.print(f"[green]ok[/]: {scenario} is a valid scenario ({sc.name})")
 
 
+@app.command()
+def bench(
+    cases: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated cases (default: all): loop, bank, bank_compiled, brain, "
+            "brain_compiled, scaling."
+        ),
+    ] = None,  # noqa: UP045
+    n: Annotated[
+        str | None, typer.Option("--n", help="Module counts, comma-separated (default: 8,64).")
+    ] = None,  # noqa: UP045
+    shapes: Annotated[
+        str | None,
+        typer.Option(help="Module shapes: baby, small, tiny (default: baby,small)."),
+    ] = None,  # noqa: UP045
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    steps: Annotated[
+        int | None, typer.Option(help="Timed steps per case (default: 20 on CUDA, 5 on CPU).")
+    ] = None,  # noqa: UP045
+    warmup: Annotated[
+        int | None, typer.Option(help="Untimed steps first (default: 5 on CUDA, 2 on CPU).")
+    ] = None,  # noqa: UP045
+    compile_: Annotated[
+        bool | None,
+        typer.Option(
+            "--compile/--no-compile", help="Run the compiled cases (default: on, off with --quick)."
+        ),
+    ] = None,  # noqa: UP045
+    peak_flops: Annotated[
+        float | None,
+        typer.Option(help="Peak FLOP/s for MFU, e.g. 989e12 (default: table / measured)."),
+    ] = None,  # noqa: UP045
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Tiny shape, N=4, 2 steps: seconds, for tests.")
+    ] = False,
+    out_file: Annotated[
+        Path | None,
+        typer.Option("--out", help="JSON results (default: runs/bench-<time>.json)."),
+    ] = None,  # noqa: UP045
+) -> None:
+    """Training throughput, MFU and peak memory: naive loop vs bank vs the brain society."""
+    from brainnet.bench import BenchError, default_out, run_bench, tables
+
+    def progress(row: dict) -> None:  # one line per measured row, on stderr
+        if row["skipped"]:
+            what = f"skipped: {row['skipped']}"
+        elif row.get("reorganize_ms") is not None:
+            what = f"{row['reorganize_ms']:,.0f} ms for one reorganisation event"
+        else:
+            what = f"{row['step_ms']:,.1f} ms/step"
+        err.print(f"{row['case']} {row['shape']} N={row['n_modules']}: {what}", markup=False,
+                  highlight=False)  # fmt: skip
+
+    path = out_file or default_out()
+    try:
+        rows = run_bench(cases, n, shapes, device=device, steps=steps, warmup=warmup,
+                         compile=compile_, peak_flops=peak_flops, quick=quick, out=path,
+                         log=progress)  # fmt: skip
+    except BenchError as e:
+        _fail(str(e))
+    for table in tables(rows):
+        out.print(table)
+    out.print(f"wrote {path}")
+
+
 def main() -> None:
     try:
         app()
