@@ -438,7 +438,7 @@ def loop_workload(s: Setting) -> Workload:
             {"params": [p for p in ps if p.dim() >= 2], "weight_decay": cfg.weight_decay},
             {"params": [p for p in ps if p.dim() < 2], "weight_decay": 0.0},
         ]
-        kind = {"fused": True} if fused else {"foreach": True}  # as build_optimizer
+        kind = {"fused": True} if fused else {"foreach": True}  # one optimiser per module
         opts.append(torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, **kind))
     it = _cycle(batches)
 

@@ -11,9 +11,19 @@ from brainnet.modules.bank import (
     attend_with_memory,
     bank_layer_norm,
     bmm_linear,
+    fold_layer_norm,
     module_cross_entropy,
+    norm_linear,
+    residual_gelu_linear,
+    residual_linear,
+    row_pieces,
 )
-from brainnet.modules.tiny_lm import TinyLM, TransformerBank, TransformerConfig
+from brainnet.modules.tiny_lm import (
+    CPU_CHUNK_BYTES,
+    TinyLM,
+    TransformerBank,
+    TransformerConfig,
+)
 
 V, T, B, P, DM = 13, 12, 3, 4, 8
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -28,11 +38,64 @@ def make_bank(M: int = 5, **kw) -> TransformerBank:
 @pytest.mark.parametrize("bias,tie", [(True, True), (False, False)])
 @pytest.mark.parametrize("with_memory", [False, True])
 @pytest.mark.parametrize("subset", [None, [3, 0, 4]])
-def test_bank_equals_per_module_models(bias, tie, with_memory, subset):
-    """fp32 forward and gradients of the bank == independent TinyLM copies, all or a subset."""
-    bank = make_bank(bias=bias, tie_weights=tie)
+@pytest.mark.parametrize("chunk", [None, 2])
+def test_bank_equals_per_module_models(bias, tie, with_memory, subset, chunk):
+    """fp32 forward and gradients of the bank == independent TinyLM copies, all or a subset,
+    in one pass or with the module axis in chunks of 2."""
+    bank = make_bank(bias=bias, tie_weights=tie, chunk=chunk)
     assert isinstance(bank.export(0), TinyLM)
     assert_bank_matches_copies(bank, subset, with_memory, B=B, P=P)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("with_memory", [False, True])
+@pytest.mark.parametrize("subset", [None, [4, 1, 0, 2]])
+def test_chunked_forward_equals_whole_bank(bias, with_memory, subset):
+    """Chunks of 3 (not dividing 5 modules, nor a 4-module subset) give the whole-bank pass's
+    outputs and gradients, and only the selected rows get a gradient."""
+    M = 5 if subset is None else len(subset)
+    idx = None if subset is None else torch.tensor(subset)
+    g = torch.Generator().manual_seed(3)
+    tokens = torch.randint(0, V, (M, B, T), generator=g)
+    memory = torch.randn(M, B, T, P, DM, generator=g) if with_memory else None
+    mask = torch.rand(M, B, T, P, generator=g) > 0.3 if with_memory else None
+    proj = [torch.randn(M, B, T, *s, generator=g) for s in ((V,), (DM,), ())]
+    results = []
+    for chunk in (None, 3):
+        bank = make_bank(bias=bias, tie_weights=False)
+        bank.chunk = chunk
+        assert bank.chunk_size(M, B * T, tokens.device) == (3 if chunk else M)
+        out = bank(tokens, memory, mask, idx=idx)
+        sum((o * p).sum() for o, p in zip(out, proj, strict=True)).backward()
+        grads = {n: p.grad for n, p in bank.named_parameters()}
+        results.append((out, grads))
+    (whole, g_whole), (chunked, g_chunked) = results
+    for a, b in zip(whole, chunked, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-6)
+    for name, grad in g_whole.items():
+        if grad is None:
+            assert g_chunked[name] is None, name
+            continue
+        torch.testing.assert_close(g_chunked[name], grad, atol=1e-6, rtol=1e-6, msg=name)
+        if subset is not None:
+            assert g_chunked[name][3].abs().max() == 0, name  # module 3 was not selected
+
+
+def test_automatic_chunk_size():
+    """Automatic: the whole bank on a GPU; on a CPU about CPU_CHUNK_BYTES of MLP activation per
+    chunk, at least one module; an explicit ``chunk`` (config or attribute) wins."""
+    cfg = TransformerConfig(count=64, n_layer=1, n_head=2, d_model=64)
+    bank = TransformerBank(cfg, V, 64)
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert bank.chunk is None
+    assert bank.chunk_size(64, 1024, gpu) == 64
+    per_module = 1024 * 4 * 64 * 4  # fp32 [B*T, 4D]
+    assert bank.chunk_size(64, 1024, cpu) == max(1, CPU_CHUNK_BYTES // per_module)
+    assert bank.chunk_size(64, 2**20, cpu) == 1
+    assert bank.chunk_size(2, 4, cpu) == 2  # never more than the modules there are
+    bank.chunk = 5
+    assert bank.chunk_size(64, 1024, gpu) == 5 and bank.chunk_size(3, 1024, cpu) == 3
+    assert TransformerBank(cfg.model_copy(update={"chunk": 7}), V, 64).chunk == 7
 
 
 def test_memory_is_read_per_position_and_stays_causal():
@@ -137,3 +200,89 @@ def test_too_long_sequence_raises():
     bank = make_bank(M=1)
     with pytest.raises(ValueError, match="block_size"):
         bank(torch.zeros(1, 1, T + 1, dtype=torch.long))
+
+
+def _grads(fn, *inputs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+    """fn(*inputs) and the gradients of a fixed random projection of it w.r.t. the inputs."""
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    out = fn(*leaves)
+    proj = torch.randn(out.shape, generator=torch.Generator().manual_seed(9))
+    (out * proj).sum().backward()
+    return out.detach(), [t.grad for t in leaves]
+
+
+def test_folded_and_recomputing_ops_equal_plain_autograd():
+    """LN affine folded into the next linear; norm_linear / residual_gelu_linear (which keep
+    less for the backward on the CPU) == the plain ops, forward and gradients."""
+    g = torch.Generator().manual_seed(4)
+    M, D, O = 3, 8, 12
+    x = torch.randn(M, 2, 5, D, generator=g)
+    ln_w, ln_b = torch.randn(M, D, generator=g), torch.randn(M, D, generator=g)
+    w, b = torch.randn(M, D, O, generator=g), torch.randn(M, O, generator=g)
+    for lb, bb in ((ln_b, b), (None, None)):
+        ref = bmm_linear(bank_layer_norm(x, ln_w, lb), w, bb)
+        torch.testing.assert_close(
+            bmm_linear(F.layer_norm(x, (D,)), *fold_layer_norm(ln_w, lb, w, bb)), ref, **TOL
+        )
+
+    def plain_norm(x, w, b):
+        return bmm_linear(F.layer_norm(x, (D,)), w, b)
+
+    out, grads = _grads(norm_linear, x, w, b)
+    ref, ref_grads = _grads(plain_norm, x, w, b)
+    torch.testing.assert_close(out, ref, **TOL)
+    for a, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, r, **TOL)
+
+    u = torch.randn(M, 2, 5, O, generator=g)
+    w2, b2 = torch.randn(M, O, D, generator=g), torch.randn(M, D, generator=g)
+    for bias in (b2, None):
+        args = (x, u, w2) if bias is None else (x, u, w2, bias)
+
+        def fused(x, u, w, b=None):
+            return residual_gelu_linear(x, u, w, b)
+
+        def plain(x, u, w, b=None):
+            return residual_linear(x, F.gelu(u), w, b)
+
+        out, grads = _grads(fused, *args)
+        ref, ref_grads = _grads(plain, *args)
+        torch.testing.assert_close(out, ref, **TOL)
+        for a, r in zip(grads, ref_grads, strict=True):
+            torch.testing.assert_close(a, r, **TOL)
+
+
+def test_row_pieces_equal_split_and_unbind():
+    """Row blocks (and layers) of a parameter as views; gradients of the pieces, and zeros for
+    a piece that got none, land in one tensor, as split / unbind would put them."""
+    p = torch.randn(5, 3, 4, requires_grad=True)
+    pieces = row_pieces(p, [2, 2, 1], layered=True)
+    assert [len(t) for t in pieces] == [3, 3, 3]
+    torch.testing.assert_close(pieces[1][2], p[2:4, 2])
+    assert pieces[1][2].data_ptr() == p[2:4, 2].data_ptr()  # a view, not a copy
+    (pieces[0][1].sum() * 2 + (pieces[2][0] * 3).sum()).backward()
+    want = torch.zeros(5, 3, 4)
+    want[0:2, 1] = 2
+    want[4, 0] = 3
+    torch.testing.assert_close(p.grad, want)
+    q = torch.randn(5, 4, requires_grad=True)
+    blocks = row_pieces(q, [3, 2], layered=False)
+    (blocks[1] ** 2).sum().backward()
+    torch.testing.assert_close(q.grad, torch.cat([torch.zeros(3, 4), 2 * q[3:].detach()]))
+    assert row_pieces(q, [5], layered=False)[0] is q  # one block: the parameter itself
+
+
+def test_bank_trains_under_dropout_and_cpu_autocast():
+    """The paths that keep the plain autograd graph: dropout in training, bf16 autocast."""
+    bank = make_bank(dropout=0.1)
+    bank.chunk = 2
+    tokens = torch.randint(0, V, (5, B, T))
+    module_cross_entropy(bank(tokens).logits, tokens).sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in bank.parameters() if p.grad is not None)
+    bank.eval().zero_grad()
+    ref = bank(tokens).logits
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = bank(tokens)
+        module_cross_entropy(out.logits, tokens).sum().backward()
+    torch.testing.assert_close(out.logits.float(), ref, atol=0.05, rtol=0.05)
+    assert bank.wte.grad is not None and torch.isfinite(bank.wte.grad).all()

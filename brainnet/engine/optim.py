@@ -18,10 +18,12 @@ def build_optimizer(
     extra: list[nn.Module] | tuple[nn.Module, ...] = (),
 ) -> torch.optim.AdamW:
     """One AdamW over every bank's stacked parameters (and ``extra`` modules, e.g. the router):
-    fused on CUDA, foreach on CPU.
+    fused (one pass over each tensor) on CUDA and on the CPU; foreach elsewhere.
 
     Decay applies to matrices only. Because each module's rows are separate elements of the
-    stacked tensors, AdamW's element-wise update is exactly a per-module AdamW.
+    stacked tensors, AdamW's element-wise update is exactly a per-module AdamW. On the CPU the
+    fused step is about 4x faster than foreach on bank-sized tensors (foreach makes several
+    passes, each through bank-sized temporaries).
     """
     groups = [g for bank in banks for g in bank.param_groups(cfg.weight_decay) if g["params"]]
     for mod in extra:
@@ -29,7 +31,7 @@ def build_optimizer(
         groups.append({"params": [p for p in ps if p.dim() >= 2], "weight_decay": cfg.weight_decay})
         groups.append({"params": [p for p in ps if p.dim() < 2], "weight_decay": 0.0})
     groups = [g for g in groups if g["params"]]
-    fused = device.type == "cuda"
+    fused = device.type in ("cuda", "cpu")
     return torch.optim.AdamW(
         groups, lr=cfg.lr, betas=cfg.betas, fused=fused or None, foreach=None if fused else True
     )
@@ -55,8 +57,11 @@ def clip_per_module(bank: Bank, max_norm: float) -> Tensor:
     M = bank.n_modules
     if not grads:
         return torch.zeros(M, device=next(bank.parameters()).device)
-    sq = torch.stack([g.reshape(M, -1).float().pow(2).sum(1) for g in grads]).sum(0)  # [M]
-    norms = sq.sqrt()
+    # one reduction pass per gradient, accumulated in fp32, no squared temporary
+    per_grad = [
+        torch.linalg.vector_norm(g.reshape(M, -1), dim=1, dtype=torch.float32) for g in grads
+    ]
+    norms = torch.linalg.vector_norm(torch.stack(per_grad), dim=0)  # [M]
     if max_norm > 0:
         scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)  # [M]
         for g in grads:

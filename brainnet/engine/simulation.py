@@ -5,7 +5,7 @@ between "batch" and "loss"):
 
     batch [B, T] ──▶ every bank: tokens [M, B, T] ──▶ logits [M, B, T, V] ──▶ CE per module [M]
                  ──▶ sum over modules, backward (one batched backward per bank)
-                 ──▶ per-module grad clip ──▶ AdamW (fused on CUDA, foreach on CPU)
+                 ──▶ per-module grad clip ──▶ AdamW (fused, over the stacked parameters)
 
 Losses stay on the device; the host reads them only at log intervals.
 """

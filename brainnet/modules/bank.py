@@ -13,6 +13,12 @@ The stacked-weights trick in plain tensor code::
 
 A subset of modules runs by indexing the module axis first (``idx`` [M'] long): gradients then
 reach only the selected rows, the other modules' parameters are untouched.
+
+Helpers for fast CPU passes (see tiny_lm.py): ``row_pieces`` (per-chunk / per-layer views of a
+parameter whose gradients go back through one copy), ``fold_layer_norm`` (a LayerNorm's affine
+moved into the next linear layer), ``norm_linear`` and ``residual_gelu_linear`` (keep less for
+the backward and recompute the cheap part there), ``residual_linear`` (residual add inside the
+matmul).
 """
 
 from __future__ import annotations
@@ -117,6 +123,48 @@ def pick(p: Tensor | None, idx: Tensor | None) -> Tensor | None:
     return p.index_select(0, idx)
 
 
+class _RowPieces(torch.autograd.Function):
+    """Views of consecutive row blocks (and, when layered, of each layer) of one parameter;
+    the backward writes all their gradients into ONE new tensor (zeros where a piece got none)."""
+
+    @staticmethod
+    def forward(ctx: Any, p: Tensor, sizes: tuple[int, ...], layered: bool) -> tuple[Tensor, ...]:
+        ctx.set_materialize_grads(False)
+        ctx.shape, ctx.sizes, ctx.layered = p.shape, sizes, layered
+        out = []
+        for rows in p.split(list(sizes)):
+            out.extend(rows.unbind(1) if layered else (rows,))
+        return tuple(out)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, None, None]:
+        ref = next((g for g in grads if g is not None), None)
+        if ref is None:
+            return None, None, None
+        out = ref.new_empty(ctx.shape)
+        pieces = []
+        for rows in out.split(list(ctx.sizes)):
+            pieces.extend(rows.unbind(1) if ctx.layered else (rows,))
+        for dst, g in zip(pieces, grads, strict=True):
+            dst.zero_() if g is None else dst.copy_(g)
+        return out, None, None
+
+
+def row_pieces(p: Tensor, sizes: list[int], layered: bool) -> list[Tensor | tuple[Tensor, ...]]:
+    """``p`` [M, ...] cut into row blocks of ``sizes`` (summing to M): a list of [c, ...] views,
+    or, when ``layered`` (p [M, L, ...]), a list of L-tuples of [c, ...] views, one per layer.
+
+    Equal to ``p.split(sizes)`` (then ``unbind(1)``), but the gradients of all pieces go back
+    through one copy into one tensor, instead of a stack per block and a cat of the blocks."""
+    if len(sizes) == 1 and not layered:
+        return [p]
+    flat = _RowPieces.apply(p, tuple(sizes), layered)
+    if not layered:
+        return list(flat)
+    L = p.shape[1]
+    return [flat[i * L : (i + 1) * L] for i in range(len(sizes))]
+
+
 def bmm_linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
     """Per-module linear layer. x [M, ..., d_in], w [M, d_in, d_out], b [M, d_out] | None."""
     M, d_in = x.shape[0], x.shape[-1]
@@ -125,11 +173,162 @@ def bmm_linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
     return y.view(*x.shape[:-1], w.shape[-1])
 
 
+def residual_linear(
+    x: Tensor, h: Tensor, w: Tensor, b: Tensor | None, dropout: float = 0.0, train: bool = False
+) -> Tensor:
+    """``x + dropout(bmm_linear(h, w, b))``. x [M, ..., d_out], h [M, ..., d_in], w [M, d_in,
+    d_out]. On the CPU without dropout or autocast the residual add rides in the matmul
+    (``baddbmm(x + b, h, w)``); elsewhere the plain sum (under autocast it keeps the residual
+    stream in fp32, as baddbmm would not)."""
+    if (dropout > 0 and train) or _plain(x):
+        return x + F.dropout(bmm_linear(h, w, b), dropout, train)
+    M = x.shape[0]
+    base = x if b is None else x + b.view(M, *([1] * (x.dim() - 2)), -1)
+    y = torch.baddbmm(base.reshape(M, -1, x.shape[-1]), h.reshape(M, -1, h.shape[-1]), w)
+    return y.view(x.shape)
+
+
+class _NormLinear(torch.autograd.Function):
+    """``F.layer_norm(x) @ w + b``, its output columns cut into ``parts`` equal tensors (e.g.
+    q, k, v, each contiguous), that keeps x (and the row statistics) for the backward instead of
+    the normalised copy: the backward normalises again, in cache."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: Tensor, w: Tensor, b: Tensor | None, eps: float, parts: int
+    ) -> tuple[Tensor, ...]:
+        M, D = x.shape[0], x.shape[-1]
+        h, mean, rstd = torch.native_layer_norm(x, (D,), None, None, eps)
+        h = h.view(M, -1, D)
+        n = w.shape[-1] // parts
+        ys = []
+        for i in range(parts):
+            bi = None if b is None else b[:, i * n : (i + 1) * n]
+            ys.append(_bmm_bias(h, w[:, :, i * n : (i + 1) * n], bi).view(*x.shape[:-1], n))
+        ctx.save_for_backward(x, w, mean, rstd)
+        ctx.eps, ctx.has_b, ctx.parts = eps, b is not None, parts
+        return tuple(ys)
+
+    @staticmethod
+    def backward(ctx: Any, *gys: Tensor | None) -> tuple[Tensor | None, ...]:
+        x, w, mean, rstd = ctx.saved_tensors
+        M, D = x.shape[0], x.shape[-1]
+        n = w.shape[-1] // ctx.parts
+        g2 = [
+            torch.zeros(M, x[0].numel() // D, n, dtype=w.dtype, device=w.device)
+            if g is None
+            else g.reshape(M, -1, n)
+            for g in gys
+        ]
+        gx = gw = gb = None
+        if ctx.needs_input_grad[1]:
+            h = torch.native_layer_norm(x, (D,), None, None, ctx.eps)[0].view(M, -1, D)
+            gw = torch.cat([torch.bmm(h.transpose(1, 2), g) for g in g2], dim=2)
+        if ctx.has_b and ctx.needs_input_grad[2]:
+            gb = torch.cat([g.sum(1) for g in g2], dim=1)
+        if ctx.needs_input_grad[0]:
+            gh = torch.bmm(g2[0], w[:, :, :n].transpose(1, 2))
+            for i in range(1, ctx.parts):  # accumulate in place: no temporaries
+                gh.baddbmm_(g2[i], w[:, :, i * n : (i + 1) * n].transpose(1, 2))
+            gx = torch.ops.aten.native_layer_norm_backward(
+                gh.view(x.shape), x, (D,), mean, rstd, None, None, (True, False, False)
+            )[0]
+        return gx, gw, gb, None, None
+
+
+class _ResidualGeluLinear(torch.autograd.Function):
+    """``x + gelu(u) @ w + b`` that keeps u, not gelu(u), for the backward (recomputed there)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, u: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+        M = x.shape[0]
+        base = x if b is None else x + b.view(M, *([1] * (x.dim() - 2)), -1)
+        g = F.gelu(u).view(M, -1, u.shape[-1])
+        y = torch.baddbmm(base.reshape(M, -1, x.shape[-1]), g, w)
+        ctx.save_for_backward(u, w)
+        ctx.has_b = b is not None
+        return y.view(x.shape)
+
+    @staticmethod
+    def backward(ctx: Any, gy: Tensor) -> tuple[Tensor | None, ...]:
+        u, w = ctx.saved_tensors
+        M = u.shape[0]
+        g2 = gy.reshape(M, -1, gy.shape[-1])
+        gu = gw = gb = None
+        if ctx.needs_input_grad[2]:
+            g = F.gelu(u).view(M, -1, u.shape[-1])
+            gw = torch.bmm(g.transpose(1, 2), g2)
+        if ctx.has_b and ctx.needs_input_grad[3]:
+            gb = g2.sum(1)
+        if ctx.needs_input_grad[1]:
+            gg = torch.bmm(g2, w.transpose(1, 2)).view(u.shape)
+            gu = torch.ops.aten.gelu_backward(gg, u)
+        return gy, gu, gw, gb
+
+
+def _bmm_bias(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    return torch.bmm(x, w) if b is None else torch.baddbmm(b.unsqueeze(1), x, w)
+
+
+def norm_linear(x: Tensor, w: Tensor, b: Tensor | None, eps: float = 1e-5) -> Tensor:
+    """Per-module ``F.layer_norm(x) @ w + b`` (LayerNorm without affine: fold it into w, b with
+    ``fold_layer_norm``). x [M, ..., D], w [M, D, d_out], b [M, d_out] | None.
+
+    Equal to ``bmm_linear(F.layer_norm(x, (D,)), w, b)``; on the CPU without autocast the
+    normalised activations are not kept for the backward (it normalises x again), which halves
+    what this layer writes to and reads back from memory."""
+    return norm_linear_parts(x, w, b, 1, eps)[0]
+
+
+def norm_linear_parts(
+    x: Tensor, w: Tensor, b: Tensor | None, parts: int, eps: float = 1e-5
+) -> tuple[Tensor, ...]:
+    """``norm_linear`` with its output columns cut into ``parts`` equal, contiguous tensors
+    (attention's q, k, v: their gradients then need no copy to be stacked back)."""
+    if _plain(x):
+        return bmm_linear(F.layer_norm(x, x.shape[-1:], eps=eps), w, b).chunk(parts, -1)
+    return _NormLinear.apply(x, w, b, eps, parts)
+
+
+def residual_gelu_linear(x: Tensor, u: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    """Per-module ``x + gelu(u) @ w + b`` (the second half of an MLP with its residual).
+    x [M, ..., d_out], u [M, ..., d_in], w [M, d_in, d_out], b [M, d_out] | None.
+
+    On the CPU without autocast gelu(u) is not kept for the backward (recomputed there)."""
+    if _plain(u):
+        return residual_linear(x, F.gelu(u), w, b)
+    return _ResidualGeluLinear.apply(x, u, w, b)
+
+
+def _plain(x: Tensor) -> bool:
+    """Use plain autograd ops (not the recomputing functions): off the CPU (GPU paths keep the
+    ordinary graph) or under autocast (the functions do not handle mixed dtypes)."""
+    return x.device.type != "cpu" or torch.is_autocast_enabled(x.device.type)
+
+
 def bank_layer_norm(x: Tensor, w: Tensor, b: Tensor | None, eps: float = 1e-5) -> Tensor:
     """Per-module LayerNorm over the last dim. x [M, ..., D], w / b [M, D]."""
     shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)
     y = F.layer_norm(x, x.shape[-1:], eps=eps) * w.view(shape)
     return y if b is None else y + b.view(shape)
+
+
+def fold_layer_norm(
+    ln_w: Tensor, ln_b: Tensor | None, w: Tensor, b: Tensor | None
+) -> tuple[Tensor, Tensor | None]:
+    """A LayerNorm's affine folded into the linear layer that reads it.
+
+    ``bank_layer_norm(x, ln_w, ln_b) @ w + b == F.layer_norm(x) @ w' + b'`` with
+    ``w' = ln_w[:, :, None] * w`` and ``b' = b + ln_b @ w``: the per-module scale and shift then
+    cost a pass over the weights [M, D, d_out] instead of two over the activations [M, N, D].
+    ln_w / ln_b [M, D], w [M, D, d_out], b [M, d_out] | None -> (w' [M, D, d_out], b' | None);
+    any leading dims in place of M (e.g. [M, L] for all layers at once).
+    """
+    w2 = ln_w.unsqueeze(-1) * w
+    if ln_b is None:
+        return w2, b
+    shift = torch.matmul(ln_b.unsqueeze(-2), w).squeeze(-2)  # [M, d_out]
+    return w2, shift if b is None else b + shift
 
 
 def attend_with_memory(
@@ -161,11 +360,33 @@ def output_heads(x: Tensor, w: dict[str, Tensor | None]) -> BankOutput:
     x [M, B, T, D]; w holds lnf_w / lnf_b [M, D], wte [M, V, D], head_w [M, D, V] | None,
     msg_w [M, D, Dm], msg_b [M, Dm], sal_w [M, D], sal_b [M, 1].
     """
-    x = bank_layer_norm(x, w["lnf_w"], w["lnf_b"])  # [M, B, T, D]
+    return folded_heads(x, fold_heads(w))
+
+
+#: the keys of ``fold_heads``: weight and bias of the LM head, the message and the salience
+HEAD_KEYS = ("head_w", "head_b", "msg_w", "msg_b", "sal_w", "sal_b")
+
+
+def fold_heads(w: dict[str, Tensor | None]) -> dict[str, Tensor | None]:
+    """The output heads with the final LayerNorm's affine folded in (``fold_layer_norm``), keys
+    ``HEAD_KEYS``: head_w [M, D, V], msg_w [M, D, Dm], sal_w [M, D, 1] and their biases [M, ...]
+    (head_b None without a final-LN bias). Parameters as for ``output_heads``."""
+    g, beta = w["lnf_w"], w["lnf_b"]
     head = w["wte"].transpose(1, 2) if w["head_w"] is None else w["head_w"]  # [M, D, V]
-    logits = bmm_linear(x, head, None)  # [M, B, T, V]
-    message = bmm_linear(x, w["msg_w"], w["msg_b"])  # [M, B, T, Dm]
-    salience = bmm_linear(x, w["sal_w"].unsqueeze(-1), w["sal_b"]).squeeze(-1)  # [M, B, T]
+    out: dict[str, Tensor | None] = {}
+    out["head_w"], out["head_b"] = fold_layer_norm(g, beta, head, None)
+    out["msg_w"], out["msg_b"] = fold_layer_norm(g, beta, w["msg_w"], w["msg_b"])
+    out["sal_w"], out["sal_b"] = fold_layer_norm(g, beta, w["sal_w"].unsqueeze(-1), w["sal_b"])
+    return out
+
+
+def folded_heads(x: Tensor, h: dict[str, Tensor | None]) -> BankOutput:
+    """Logits, message and salience of x [M, B, T, D] (before the final LayerNorm) with the
+    heads ``h`` of ``fold_heads``."""
+    x = F.layer_norm(x, x.shape[-1:])  # [M, B, T, D], affine folded into the heads
+    logits = bmm_linear(x, h["head_w"], h["head_b"])  # [M, B, T, V]
+    message = bmm_linear(x, h["msg_w"], h["msg_b"])  # [M, B, T, Dm]
+    salience = bmm_linear(x, h["sal_w"], h["sal_b"]).squeeze(-1)  # [M, B, T]
     return BankOutput(logits, message, salience)
 
 

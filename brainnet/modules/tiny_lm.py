@@ -14,6 +14,15 @@ self-attention over tokens <= t. ``memory_mask [M, B, T, P]`` marks empty slots.
 
 ``TinyLM`` is the same computation for ONE module with plain nn.Linear layers: the reference
 that tests check the bank against, and the naive per-module loop in the benchmark.
+
+Speed on a CPU, where a whole-bank pass streams bank-sized intermediates through memory: the
+forward runs the module axis in chunks (``chunk``; automatic: ``CPU_CHUNK_BYTES`` of MLP
+activation per chunk on a CPU, the whole bank on a GPU) within ONE autograd graph; each
+LayerNorm's affine is folded into the linear layer that reads it (``fold_layer_norm``: a pass
+over weights instead of two over activations); residual adds ride in the matmul
+(``baddbmm``); and, on a CPU without autocast, neither the normalised activations nor GELU's
+output are kept for the backward (``norm_linear``, ``residual_gelu_linear`` recompute them in
+cache). Chunked and whole-bank passes agree to fp32 rounding (tests/test_bank.py).
 """
 
 from __future__ import annotations
@@ -28,16 +37,26 @@ from torch import Tensor, nn
 
 from brainnet.config import ModuleConfig
 from brainnet.modules.bank import (
+    HEAD_KEYS,
     OUTPUT_HEADS,
     Bank,
     BankOutput,
     attend_with_memory,
-    bank_layer_norm,
     bmm_linear,
-    output_heads,
+    fold_heads,
+    fold_layer_norm,
+    folded_heads,
+    norm_linear,
+    norm_linear_parts,
     pick,
+    residual_gelu_linear,
+    residual_linear,
+    row_pieces,
 )
 from brainnet.registry import MODULE_TYPES
+
+#: on a CPU, the automatic chunk keeps one chunk's widest activation within this many bytes
+CPU_CHUNK_BYTES = 4 * 2**20
 
 
 class TransformerConfig(ModuleConfig):
@@ -48,6 +67,11 @@ class TransformerConfig(ModuleConfig):
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on attention and residuals")
     bias: bool = Field(True, description="biases in linears and LayerNorms (nanoGPT: False)")
     tie_weights: bool = Field(True, description="LM head shares the token embedding")
+    chunk: int | None = Field(
+        None,
+        ge=1,
+        description="modules per forward pass; unset: whole bank on a GPU, cache-sized on a CPU",
+    )
 
     @model_validator(mode="after")
     def _heads_divide(self) -> TransformerConfig:
@@ -92,6 +116,8 @@ class TransformerBank(Bank):
         self.fc2_w, self.fc2_b = p(L, F4, D), maybe(L, D)
         self.add_output_heads(D, V, cfg.tie_weights, cfg.bias)
         self.reset_parameters()
+        #: modules per forward chunk (None: automatic, see ``chunk_size``)
+        self.chunk: int | None = cfg.chunk
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -114,51 +140,102 @@ class TransformerBank(Bank):
         memory_mask: Tensor | None = None,
         idx: Tensor | None = None,
     ) -> BankOutput:
-        cfg = self.cfg
         M, B, T = tokens.shape
-        D, H, L = cfg.d_model, cfg.n_head, cfg.n_layer
-        hd = D // H
         if T > self.block_size:
             raise ValueError(f"sequence length {T} > block_size {self.block_size}")
         w = {name: pick(getattr(self, name), idx) for name in self.param_names}  # each [M, ...]
+        c = self.chunk_size(M, B * T, tokens.device)
+        sizes = [c] * (M // c) + ([M % c] if M % c else [])
+        w.update(fold_heads(w))  # once for the whole bank (weights only)
+        # each chunk's rows of every parameter (the un-folded layered ones: of each layer), as
+        # views whose gradients go back through ONE copy into the parameter's gradient
+        parts = {
+            n: None if w[n] is None else row_pieces(w[n], sizes, n in _PER_LAYER) for n in _CHUNKED
+        }
+        if len(sizes) == 1:
+            one = {n: None if p is None else p[0] for n, p in parts.items()}
+            return self._rows(one, tokens, memory, memory_mask)
+        # the module axis in chunks of c, one autograd graph: chunk i's activations are small
+        # enough to stay in cache from one op to the next
+        toks = tokens.split(c)
+        mems = [None] * len(toks) if memory is None else memory.split(c)
+        masks = [None] * len(toks) if memory_mask is None else memory_mask.split(c)
+        outs = [
+            self._rows({n: None if p is None else p[i] for n, p in parts.items()}, *args)
+            for i, args in enumerate(zip(toks, mems, masks, strict=True))
+        ]
+        return BankOutput(*(torch.cat(o) for o in zip(*outs, strict=True)))
 
-        # embeddings: gather each module's own table rows
-        flat = tokens.reshape(M, B * T)  # [M, B*T]
-        tok = torch.gather(w["wte"], 1, flat.unsqueeze(-1).expand(M, B * T, D))  # [M, B*T, D]
-        x = tok.view(M, B, T, D) + w["wpe"][:, None, :T, :]  # [M, B, T, D]
-        x = F.dropout(x, cfg.dropout, self.training)
+    def chunk_size(self, M: int, tokens: int, device: torch.device) -> int:
+        """Modules per chunk of the forward (``M``: the whole bank in one pass).
+
+        ``self.chunk`` (from the config) when set; else the whole bank on a GPU and, on a CPU,
+        as many modules as keep a chunk's widest activation (the MLP's [c, B*T, 4D]) within
+        ``CPU_CHUNK_BYTES``, so that the elementwise ops between the batched matmuls run in
+        cache instead of streaming bank-sized tensors through memory.
+        """
+        if self.chunk is not None:
+            return min(M, self.chunk)
+        if device.type != "cpu":
+            return M
+        per_module = tokens * 4 * self.cfg.d_model * 4  # fp32 bytes of [B*T, 4D]
+        return max(1, min(M, CPU_CHUNK_BYTES // per_module))
+
+    def _rows(
+        self,
+        w: dict[str, Tensor | None],
+        tokens: Tensor,
+        memory: Tensor | None,
+        memory_mask: Tensor | None,
+    ) -> BankOutput:
+        """The forward of the modules whose parameters are ``w`` (each [M, ...]; proj / fc2
+        weights and biases as a sequence of L tensors [M, ...]; heads from ``fold_heads``)."""
+        cfg = self.cfg
+        M, B, T = tokens.shape
+        D, H, L = cfg.d_model, cfg.n_head, cfg.n_layer
+        hd, V = D // H, w["wte"].shape[1]
+        train, p_drop = self.training, cfg.dropout if self.training else 0.0
+
+        # embeddings: module m's rows of the stacked table, one index_select for all modules
+        offset = torch.arange(M, device=tokens.device).mul_(V).view(M, 1, 1)
+        rows = (tokens + offset).view(-1)  # [M*B*T]
+        x = w["wte"].reshape(M * V, D).index_select(0, rows).view(M, B, T, D)
+        x = F.dropout(x.add_(w["wpe"][:, None, :T]), cfg.dropout, train)  # [M, B, T, D]
         mem = None
         if memory is not None:
             P = memory.shape[3]
             mem = bmm_linear(memory.to(x.dtype), w["mem_w"], w["mem_b"])  # [M, B, T, P, D]
+            hm = F.layer_norm(mem, (D,))  # the same normalised memory in every layer
             mask = None if memory_mask is None else memory_mask.reshape(M * B, 1, T, P)
-        p_drop = cfg.dropout if self.training else 0.0
 
+        # LN1 / LN2 affines folded into the qkv / fc weights, all layers at once ([M, L, ...]),
+        # then one view per layer
+        qkv_w = _layers(*fold_layer_norm(w["ln1_w"], w["ln1_b"], w["attn_w"], w["attn_b"]), L)
+        fc_w = _layers(*fold_layer_norm(w["ln2_w"], w["ln2_b"], w["fc_w"], w["fc_b"]), L)
+        proj_w = list(zip(w["proj_w"], w["proj_b"] or [None] * L, strict=True))
+        fc2_w = list(zip(w["fc2_w"], w["fc2_b"] or [None] * L, strict=True))
         for l in range(L):
             # attention: x [M, B, T, D] -> qkv [M, B, T, 3D] -> q, k, v [M*B, H, T, hd]
-            h = bank_layer_norm(x, w["ln1_w"][:, l], _at(w["ln1_b"], l))
-            qkv = bmm_linear(h, w["attn_w"][:, l], _at(w["attn_b"], l))
-            q, k, v = qkv.view(M * B, T, 3, H, hd).permute(2, 0, 3, 1, 4)
+            q, k, v = (
+                t.view(M * B, T, H, hd).transpose(1, 2) for t in norm_linear_parts(x, *qkv_w[l], 3)
+            )
             if mem is None:
                 a = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p_drop)
             else:  # memory keys / values through this layer's LN and k, v projections
-                hm = bank_layer_norm(mem, w["ln1_w"][:, l], _at(w["ln1_b"], l))
-                b_kv = None if w["attn_b"] is None else w["attn_b"][:, l, D:]
-                kv = bmm_linear(hm, w["attn_w"][:, l, :, D:], b_kv)  # [M, B, T, P, 2D]
+                a_w, a_b = qkv_w[l]
+                kv = bmm_linear(hm, a_w[:, :, D:], None if a_b is None else a_b[:, D:])
                 km, vm = kv.view(M * B, T, P, 2, H, hd).permute(3, 0, 4, 1, 2, 5)
                 a = attend_with_memory(q, k, v, km, vm, mask, p_drop)  # [M*B, H, T, hd]
             a = a.transpose(1, 2).reshape(M, B, T, D)
-            x = x + F.dropout(
-                bmm_linear(a, w["proj_w"][:, l], _at(w["proj_b"], l)), cfg.dropout, self.training
-            )
-            # MLP
-            h = bank_layer_norm(x, w["ln2_w"][:, l], _at(w["ln2_b"], l))
-            h = F.gelu(bmm_linear(h, w["fc_w"][:, l], _at(w["fc_b"], l)))
-            x = x + F.dropout(
-                bmm_linear(h, w["fc2_w"][:, l], _at(w["fc2_b"], l)), cfg.dropout, self.training
-            )
+            x = residual_linear(x, a, *proj_w[l], cfg.dropout, train)
+            # MLP: [M, B, T, D] -> [M, B, T, 4D] -> GELU -> [M, B, T, D]
+            if train and cfg.dropout > 0:
+                h = F.gelu(norm_linear(x, *fc_w[l]))
+                x = residual_linear(x, h, *fc2_w[l], cfg.dropout, train)
+            else:
+                x = residual_gelu_linear(x, norm_linear(x, *fc_w[l]), *fc2_w[l])
 
-        return output_heads(x, w)
+        return folded_heads(x, w)
 
     def export(self, m: int) -> TinyLM:
         """A standalone copy of module ``m`` (same numbers, ordinary nn.Linear layers)."""
@@ -167,8 +244,9 @@ class TransformerBank(Bank):
         return lm
 
 
-def _at(p: Tensor | None, layer: int) -> Tensor | None:
-    return None if p is None else p[:, layer]
+def _layers(w: Tensor, b: Tensor | None, L: int) -> list[tuple[Tensor, Tensor | None]]:
+    """[(w[:, l], b[:, l])] for each layer l of w [M, L, ...], b [M, L, ...] | None."""
+    return list(zip(w.unbind(1), [None] * L if b is None else b.unbind(1), strict=True))
 
 
 def _tail(p: Tensor | None, start: int) -> Tensor | None:
@@ -279,6 +357,14 @@ _LAYERED = {
     "fc2_b",
 }
 _TRANSPOSED = {"mem_w", "attn_w", "proj_w", "fc_w", "fc2_w", "head_w", "msg_w"}
+#: what the bank's forward cuts into chunks: parameters read per chunk, as per-layer views for
+#: _PER_LAYER (the others are [c, L, ...] blocks, folded with their LayerNorm per chunk), and
+#: the heads folded once per pass (``fold_heads``)
+_PER_LAYER = {"proj_w", "proj_b", "fc2_w", "fc2_b"}
+_CHUNKED = (
+    "wte", "wpe", "mem_w", "mem_b", "ln1_w", "ln1_b", "attn_w", "attn_b", "proj_w", "proj_b",
+    "ln2_w", "ln2_b", "fc_w", "fc_b", "fc2_w", "fc2_b",
+) + HEAD_KEYS  # fmt: skip
 
 
 def _layer(attr: str, field: str):
