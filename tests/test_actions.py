@@ -262,3 +262,18 @@ def test_structural_actions_need_a_routed_society():
     with pytest.raises(ScenarioError, match="reorganize.actions.*prune.*society"):
         brainnet.load_scenario("nanogpt_baby", {"emergence": {"every": 50},
                                                 "reorganize": {"actions": ["prune"]}})  # fmt: skip
+
+
+def test_independent_modules_replace_their_worst(tmp_path):
+    sc = brainnet.load_scenario("nanogpt_baby", {
+        "modules.0.count": 3, "modules.0.n_layer": 1, "modules.0.d_model": 32, "train.steps": 4,
+        "log.every": 2, "train.eval_every": 4, "train.eval_batches": 1, "train.batch_size": 4,
+        "corpus.block_size": 16, "reorganize": {"actions": ["replace"], "noise": 0.0},
+        "emergence": {"every": 2, "threshold": "fixed", "theta": 1e-9, "cooldown": 0}})  # fmt: skip
+    s = brainnet.Simulation(sc, out_dir=tmp_path)
+    s.run()
+    (event,) = [e for e in brainnet.open_run(s.run_dir).events if e["kind"] == "reorganize"]
+    (r,) = event["replaced"]  # one cluster of 3 independent modules: one replaced
+    assert event["step"] == 4 and r["module"] != r["copy_of"] and event["graph"] is None
+    w = s.banks[0].wte  # noise 0: an exact copy at the event (the run ended right after)
+    assert torch.equal(w[r["module"]], w[r["copy_of"]])
