@@ -100,9 +100,10 @@ class Simulation:
         extra = [self.society.router] if self.society and self.society.router else []
         self.optimizer = build_optimizer(list(self.banks), sc.train, self.device, extra)
         self.n_modules = sum(b.n_modules for b in self.banks)
+        self._solo: Topology | None = None  # independent modules as one cluster (built once)
         self._initial = (self._topology().n_clusters, self.n_modules)  # reorganisation limits
         self._heard = torch.zeros(self.n_modules)  # board writes per module since a relayout
-        self._cache: dict[tuple, Any] = {}  # index tensors per layout (peers)
+        self._peers: dict[int, tuple[Tensor, Tensor | None]] = {}  # per bank; cleared on relayout
         self._pending: tuple | None = None  # an emergence event's reorganisation, due
         self._warmup_replaced: list[Tensor] = []  # [M] per bank, this step's correction
         self.step = 0
@@ -254,14 +255,9 @@ class Simulation:
         """Each module's peers in bank ``b``: its cluster mates of the same type (a society),
         or every other module (independent modules). Returns ([M, P] rows, [M, P] bool mask
         of real peers, None when every module has P peers)."""
-        key = ("peers", b, self._layout_version())
-        if key not in self._cache:
-            self._cache = {k: v for k, v in self._cache.items() if k[0] != "peers"}
-            self._cache[key] = _peer_rows(self._topology(), b, self.device)
-        return self._cache[key]
-
-    def _layout_version(self) -> tuple:
-        return tuple(tuple(s) for s in self._topology().sizes)
+        if b not in self._peers:
+            self._peers[b] = _peer_rows(self._topology(), b, self.device)
+        return self._peers[b]
 
     def _knobs(self, a: float) -> Knobs:
         """Router k, rounds, temperature and board threshold for arousal ``a``."""
@@ -508,10 +504,14 @@ class Simulation:
                               after=topo.summary(), graph=graph)  # fmt: skip
 
     def _topology(self) -> Topology:
-        """The society's topology, or one cluster of independent modules."""
+        """The society's topology, or one cluster of independent modules (built once, and
+        again only when a relayout changed the banks)."""
         if self.society is not None:
             return self.society.topology
-        return build_topology("ensemble", 1, [b.n_modules for b in self.banks])
+        counts = [b.n_modules for b in self.banks]
+        if self._solo is None or self._solo.bank_totals != counts:
+            self._solo = build_topology("ensemble", 1, counts)
+        return self._solo
 
     @torch.no_grad()
     def apply_layout(
@@ -549,6 +549,7 @@ class Simulation:
             if self.arousal is not None and self.arousal.n_clusters != new.n_clusters:
                 self.arousal.resize(new.n_clusters)
         self.n_modules = sum(b.n_modules for b in self.banks)
+        self._peers.clear()  # peer rows follow the new layout
         if self.collapse is not None:
             self.collapse.select_rows(rows)
         if self.emergence is not None:
