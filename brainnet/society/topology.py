@@ -79,13 +79,6 @@ class Topology:
         return all(s == self.sizes[0] for s in self.sizes)
 
     @property
-    def bank_sizes(self) -> list[int]:
-        """n_b: modules of each bank in one cluster (uniform layouts only)."""
-        if not self.uniform:
-            raise ValueError(f"clusters differ in size: {self.sizes}")
-        return list(self.sizes[0])
-
-    @property
     def bank_totals(self) -> list[int]:
         """M_b: rows of each bank."""
         return [sum(s[b] for s in self.sizes) for b in range(self.n_banks)]
