@@ -18,7 +18,9 @@ from brainnet.learning import (
     ema_momentum,
     gather_peers,
     kd_loss,
+    mean_peer_kd,
     peer_logits_from_clusters,
+    peer_weights,
     warmup_correct,
 )
 from brainnet.modules.bank import module_cross_entropy
@@ -113,6 +115,51 @@ def test_distill_loss_alpha_mix_teacher_and_peers():
     assert torch.allclose(
         distill_loss(s, ym, tch, peers, 0.4, 2.0), distill_loss(s, y, tch, peers, 0.4, 2.0)
     )
+
+
+def test_mean_peer_kd_equals_the_pairwise_kls():
+    """The pooled form (one mixture matmul) equals the mean of the pairwise KD terms, value and
+    gradient, for clusters of unequal size (a module without peers gets 0)."""
+    Mp = 5
+    s = _logits(10, Mp, B, T, V)
+    pool = _logits(11, Mp, B, T, V, grad=False)
+    index = torch.tensor([[1, 2], [0, 2], [0, 1], [4, 3], [3, 3]])
+    mask = torch.tensor([[1, 1], [1, 1], [1, 1], [1, 0], [0, 0]], dtype=torch.bool)
+    w = peer_weights(index, mask, Mp)
+    assert w.shape == (Mp, Mp) and torch.allclose(w.sum(1), torch.tensor([1, 1, 1, 1, 0.0]))
+    ref = torch.stack(
+        [
+            sum(
+                (
+                    kd_loss(s[m : m + 1], pool[index[m, p]][None], 2.0)
+                    for p in range(2)
+                    if mask[m, p]
+                ),
+                torch.zeros(()),
+            )
+            / max(int(mask[m].sum()), 1)
+            for m in range(Mp)
+        ]
+    )
+    got = mean_peer_kd(s, pool, w, 2.0)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    (g_ref,) = torch.autograd.grad(ref.sum(), s)
+    (g_got,) = torch.autograd.grad(got.sum(), s)
+    torch.testing.assert_close(g_got, g_ref, atol=1e-6, rtol=1e-5)
+    # through distill_loss: the same as the explicit [M, P, B, T, V] form with a mask
+    y = torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(12))
+    tch = _logits(13, Mp, B, T, V, grad=False)
+    explicit = distill_loss(s, y, tch, pool[index], 0.3, 2.0, peer_mask=mask)
+    pooled = distill_loss(s, y, tch, pool, 0.3, 2.0, peer_weights=w)
+    torch.testing.assert_close(pooled, explicit, atol=1e-5, rtol=1e-5)
+    peers_only = distill_loss(s, y, None, pool, 0.0, 2.0, peer_weights=w)
+    torch.testing.assert_close(
+        peers_only,
+        distill_loss(s, y, None, pool[index], 0.0, 2.0, peer_mask=mask),
+        atol=1e-5,
+        rtol=1e-5,
+    )
+    assert peers_only[4] == 0  # closed loop, no peer: nothing to learn
 
 
 def test_gradient_reaches_the_student_only():

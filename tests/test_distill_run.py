@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
 import torch
 
 import brainnet
@@ -46,9 +47,11 @@ def test_closed_loop_learns_nothing_from_labels(tmp_path):
 def test_peers_are_cluster_mates(tmp_path):
     s = sim(tmp_path, "quickstart", **{"distill": {"enabled": True, "teacher": "peers"},
                                        "modules.0.count": 16})  # fmt: skip
-    idx, mask = s._peer_index(0)
-    assert idx.shape == (16, 3) and mask is None  # equal clusters: no padding
-    assert idx[0].tolist() == [1, 2, 3] and idx[5].tolist() == [4, 6, 7]
+    w = s._peer_weights(0)  # [16, 16]: 1/3 on each of the 3 mates in a cluster of 4
+    assert w.shape == (16, 16)
+    third = 1 / 3
+    assert w[0].tolist() == pytest.approx([0, third, third, third] + [0] * 12)
+    assert w[5].tolist() == pytest.approx([0] * 4 + [third, 0, third, third] + [0] * 8)
     out = s.train_step()
     assert torch.isfinite(out["distill_loss"]).all()
 

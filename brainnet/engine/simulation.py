@@ -30,7 +30,13 @@ from brainnet.engine.optim import build_optimizer, clip_module, clip_per_module,
 from brainnet.learning.actions import ACTIONS, Evidence, Limits
 from brainnet.learning.collapse import CollapseMonitor, cluster_probs, diagnose, peer_disagreement
 from brainnet.learning.collapse import sample as sample_bank
-from brainnet.learning.distill import EMATeacher, distill_loss, kd_loss, warmup_correct
+from brainnet.learning.distill import (
+    EMATeacher,
+    distill_loss,
+    kd_loss,
+    peer_weights,
+    warmup_correct,
+)
 from brainnet.learning.emergence import EmergenceTracker, probe_batch
 from brainnet.learning.reorganize import (
     Layout,
@@ -103,7 +109,7 @@ class Simulation:
         self._solo: Topology | None = None  # independent modules as one cluster (built once)
         self._initial = (self._topology().n_clusters, self.n_modules)  # reorganisation limits
         self._heard = torch.zeros(self.n_modules)  # board writes per module since a relayout
-        self._peers: dict[int, tuple[Tensor, Tensor | None]] = {}  # per bank; cleared on relayout
+        self._peers: dict[int, Tensor] = {}  # [M, M] per bank; cleared on relayout
         self._pending: tuple | None = None  # an emergence event's reorganisation, due
         self._warmup_replaced: list[Tensor] = []  # [M] per bank, this step's correction
         self.step = 0
@@ -202,17 +208,24 @@ class Simulation:
             if self.teacher is not None:
                 with torch.no_grad():
                     teacher = self.teacher.logits(b, tokens) * sharpen
-            mask = None
-            if cfg.teacher in ("peers", "both"):
-                index, mask = self._peer_index(b)
-                peers = logits.detach()[index] * sharpen  # [M, P, B, T, V]
+            weights = None
+            if cfg.teacher in ("peers", "both"):  # the bank's own logits, each module's mates
+                peers, weights = logits.detach() * sharpen, self._peer_weights(b)  # [M, M]
             if cfg.warmup_correction.enabled:  # the KL term on teacher-corrected samples
                 kd = self._corrected_kd(b, bank, batch, sharpen)  # [M]
                 ce = module_cross_entropy(logits, batch.y)
                 out.append(alpha * ce + (1 - alpha) * kd)
             else:
                 out.append(
-                    distill_loss(logits, batch.y, teacher, peers, alpha, cfg.temperature, mask)
+                    distill_loss(
+                        logits,
+                        batch.y,
+                        teacher,
+                        peers,
+                        alpha,
+                        cfg.temperature,
+                        peer_weights=weights,
+                    )
                 )
             ces.append(module_cross_entropy(logits.detach(), batch.y))
         return torch.cat(out), torch.cat(ces)
@@ -251,12 +264,12 @@ class Simulation:
         self._warmup_replaced = []
         return {"warmup_replaced": out}
 
-    def _peer_index(self, b: int) -> tuple[Tensor, Tensor | None]:
-        """Each module's peers in bank ``b``: its cluster mates of the same type (a society),
-        or every other module (independent modules). Returns ([M, P] rows, [M, P] bool mask
-        of real peers, None when every module has P peers)."""
+    def _peer_weights(self, b: int) -> Tensor:
+        """Each module's peers in bank ``b`` as weights [M, M] (``peer_weights``): its cluster
+        mates of the same type (a society), or every other module (independent modules)."""
         if b not in self._peers:
-            self._peers[b] = _peer_rows(self._topology(), b, self.device)
+            index, mask = _peer_rows(self._topology(), b, self.device)
+            self._peers[b] = peer_weights(index, mask, index.shape[0])
         return self._peers[b]
 
     def _knobs(self, a: float) -> Knobs:

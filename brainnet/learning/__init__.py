@@ -24,7 +24,9 @@ from brainnet.learning.distill import (
     gather_peers,
     kd_loss,
     mates_index,
+    mean_peer_kd,
     peer_logits_from_clusters,
+    peer_weights,
     warmup_correct,
 )
 from brainnet.learning.emergence import (
@@ -60,9 +62,11 @@ __all__ = [
     "kd_loss",
     "keep",
     "mates_index",
+    "mean_peer_kd",
     "module_rows",
     "peer_disagreement",
     "peer_logits_from_clusters",
+    "peer_weights",
     "predictive_entropy",
     "probe_batch",
     "resize_bank",

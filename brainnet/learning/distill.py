@@ -53,6 +53,42 @@ def kd_loss(
     return kl.mean()
 
 
+def mean_peer_kd(
+    student_logits: Tensor, peer_logits: Tensor, weights: Tensor, temperature: float
+) -> Tensor:
+    """Σ_j w[m, j] · KD_T(s_m, peer_j) for every module m, without forming the M × J pairs.
+
+    student_logits [M, B, T, V]; peer_logits [J, B, T, V] (a pool, detached here: e.g. the same
+    bank's logits); weights [M, J] (each row sums to 1 over m's peers, or 0 for a module without
+    peers) -> [M].
+
+    Per position, KL(p_j ‖ s_m) = Σ_v p_j log p_j − Σ_v p_j log s_m, so the weighted mean over
+    peers is ``w @ negH − Σ_v (w @ p) log s_m``: one matmul mixes the peers' distributions and
+    their negative entropies, instead of M·P KL terms over [M, P, B, T, V]. Equal to the mean of
+    the pairwise ``kd_loss`` values up to fp32 rounding (tests/test_distill.py).
+    """
+    T = float(temperature)
+    M, J = weights.shape
+    log_s = F.log_softmax(student_logits.float() / T, dim=-1)  # [M, B, T, V]
+    log_t = F.log_softmax(peer_logits.detach().float() / T, dim=-1)  # [J, B, T, V]
+    p = log_t.exp()
+    neg_h = (p * log_t).sum(-1).view(J, -1)  # [J, B*T]
+    w = weights.to(p.dtype)
+    mix = (w @ p.view(J, -1)).view_as(log_s)  # [M, B, T, V] each module's mean peer
+    kl = w @ neg_h - (mix * log_s).sum(-1).view(M, -1)  # [M, B*T]
+    return kl.mean(1) * (T * T)
+
+
+def peer_weights(index: Tensor, mask: Tensor | None, n_pool: int) -> Tensor:
+    """Peer lists as weights for ``mean_peer_kd``: index [M, P] long rows of a pool of
+    ``n_pool``, mask [M, P] bool (False = padding) or None -> [M, n_pool], each row 1/P_m on
+    m's P_m real peers (all zero for a module without peers)."""
+    M, P = index.shape
+    keep = torch.ones(M, P, device=index.device) if mask is None else mask.float()
+    share = keep / keep.sum(1, keepdim=True).clamp(min=1)
+    return torch.zeros(M, n_pool, device=index.device).scatter_add_(1, index, share)
+
+
 def distill_loss(
     student_logits: Tensor,
     targets: Tensor,
@@ -61,31 +97,35 @@ def distill_loss(
     alpha: float = 0.5,
     temperature: float = 2.0,
     peer_mask: Tensor | None = None,
+    peer_weights: Tensor | None = None,
 ) -> Tensor:
     """Per-module distillation loss α·CE + (1 − α)·T²·KL, batch-mean -> [M].
 
     student_logits [M, B, T, V]; targets [B, T] (shared) or [M, B, T];
     teacher_logits [M, B, T, V] | None (e.g. the EMA teacher's);
-    peer_logits [M, P, B, T, V] | None: P peers per module (deep mutual learning: the mean KL
-    over peers; peers are detached). With both, the KL term is (teacher + mean over peers) / 2.
-    With neither (or P = 0 peers and no teacher) the loss is the plain CE.
-    peer_mask [M, P] bool (clusters of different sizes): only real peers count; a module
-    without any real peer gets the teacher term alone, or the plain CE.
+    peers (deep mutual learning: the mean KL over a module's peers, peers detached), either
+    peer_logits [M, P, B, T, V], P peers per module, with peer_mask [M, P] bool (clusters of
+    different sizes: only real peers count) or None; or, with ``peer_weights`` [M, J], a pool
+    peer_logits [J, B, T, V] and each module's weights over it (``peer_weights(...)``; the fast
+    form, see ``mean_peer_kd``: no [M, P, B, T, V] tensor). With a teacher and peers the KL term
+    is (teacher + mean over peers) / 2. A module without any real peer gets the teacher term
+    alone, or the plain CE; with neither (or P = 0) the loss is the plain CE.
     """
     ce = module_cross_entropy(student_logits, targets)  # [M]
-    if peer_logits is not None and peer_logits.shape[1] == 0:
-        peer_logits = None  # a module alone in its cluster has no mates
     terms = []
     if teacher_logits is not None:
         terms.append(kd_loss(student_logits, teacher_logits, temperature, per_module=True))
     has_peer = None
-    if peer_logits is not None and peer_mask is None:
+    if peer_logits is not None and peer_weights is not None:
+        terms.append(mean_peer_kd(student_logits, peer_logits, peer_weights, temperature))
+        has_peer = peer_weights.sum(1) > 0  # [M]
+    elif peer_logits is not None and peer_logits.shape[1] > 0 and peer_mask is None:
         # [M, 1, B, T, V] vs [M, P, B, T, V]: the per-module mean over (P, B, T) is the mean
         # over peers of each peer's batch-mean KL (every peer has B·T positions)
         terms.append(
             kd_loss(student_logits.unsqueeze(1), peer_logits, temperature, per_module=True)
         )
-    elif peer_logits is not None:
+    elif peer_logits is not None and peer_logits.shape[1] > 0:
         M, P = peer_mask.shape
         per_peer = kd_loss(  # [M·P]: each (module, peer) pair's batch-mean KL
             student_logits.unsqueeze(1).expand_as(peer_logits).flatten(0, 1),
