@@ -555,12 +555,15 @@ def brain_scenario(s: Setting, distill: bool = True) -> Any:
 
 def brain_workload(s: Setting, distill: bool = True) -> Workload:
     """The full society through ``Simulation.train_step`` (compiled: ``compile: true``).
-    With distillation on, the EMA update is also timed on its own (``ema_ms``)."""
+
+    Each timed step is also timed on its own, and the EMA update inside it too (``ema_ms``), so
+    the cost of distillation comes from the same run: a consolidation step minus a plain step,
+    plus the EMA update of every step (``no_distill_step_ms``, ``distill_share``)."""
     if s.compiled:
         torch._dynamo.reset()
     sim = Simulation(brain_scenario(s, distill))
     B, T = s.batch_size, s.shape.block_size
-    ema = {"s": 0.0, "n": 0}
+    times: dict[str, list[float]] = {"ema": [], "consolidate": [], "plain": []}
     if sim.teacher is not None:
         update = sim.teacher.update
 
@@ -569,21 +572,44 @@ def brain_workload(s: Setting, distill: bool = True) -> Workload:
             t0 = time.perf_counter()
             m = update(step)
             _sync(s.device)
-            ema["s"] += time.perf_counter() - t0
-            ema["n"] += 1
+            times["ema"].append(time.perf_counter() - t0)
             return m
 
         sim.teacher.update = timed_update  # type: ignore[method-assign]
 
+    def step() -> Tensor:
+        kind = "consolidate" if sim.scenario.distill.due(sim.step + 1) else "plain"
+        t0 = time.perf_counter()
+        loss = sim.train_step()["train_loss"]
+        _sync(s.device)
+        times[kind].append(time.perf_counter() - t0)
+        return loss
+
     return Workload(
-        step=lambda: sim.train_step()["train_loss"],
+        step=step,
         module_tokens=int(sim._module_tokens(B * T)),  # the Simulation's count: rounds, capacity
         corpus_tokens=B * T,
         params=sim.banks[0].num_params_per_module(non_embedding=True),
-        start=lambda: ema.update(s=0.0, n=0),
-        extras=lambda: {"ema_ms": 1e3 * ema["s"] / ema["n"] if ema["n"] else None},
+        start=lambda: [t.clear() for t in times.values()],
+        extras=lambda: distill_cost(times),
         cycle=DISTILL_EVERY,
     )
+
+
+def distill_cost(times: dict[str, list[float]]) -> dict[str, Any]:
+    """EMA + distillation cost from one run's step times (seconds, by kind): a step without
+    distillation is a plain step minus its EMA update; the share is what distillation adds to
+    the mean step (consolidation steps included)."""
+    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+    ema, plain = mean(times["ema"]), mean(times["plain"])
+    every = times["plain"] + times["consolidate"]
+    out: dict[str, Any] = {"ema_ms": None if ema is None else 1e3 * ema}
+    if ema is not None and plain is not None and times["consolidate"]:
+        no_distill = plain - ema
+        out["no_distill_step_ms"] = 1e3 * no_distill
+        out["consolidate_step_ms"] = 1e3 * mean(times["consolidate"])
+        out["distill_share"] = 1.0 - no_distill / mean(every)
+    return out
 
 
 @case("loop", "naive loop: N TinyLM models, one AdamW each, one after the other", order=10)
@@ -603,16 +629,10 @@ case("bank_compiled", "bank with torch.compile of the loss function", compiled=T
 
 @case("brain", "the brain society (router, blackboard, 2 rounds, EMA + peer KD)", order=40)
 def _brain(s: Setting, opts: BenchOptions) -> dict[str, Any]:
-    """Also times the same society without distillation: the EMA + distillation share."""
+    """With the EMA + distillation share from the same run (``distill_cost``)."""
     if brain_clusters(s.n) is None:
         return _row(s, opts, skipped=f"N = {s.n}: the society needs an even N >= 4")
-    row = measure(brain_workload(s, distill=True), s, opts)
-    _free(s.device)
-    if not s.compiled:
-        plain = measure(brain_workload(s, distill=False), s, opts)
-        row["no_distill_step_ms"] = plain["step_ms"]
-        row["distill_share"] = 1.0 - plain["step_ms"] / row["step_ms"]
-    return row
+    return measure(brain_workload(s), s, opts)
 
 
 case("brain_compiled", "the brain society with compile: true", compiled=True, order=50)(_brain)
@@ -998,6 +1018,7 @@ __all__ = [
     "Workload",
     "bank_step",
     "brain_clusters",
+    "distill_cost",
     "case",
     "case_names",
     "default_out",

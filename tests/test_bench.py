@@ -19,6 +19,7 @@ from brainnet.bench import (
     bank_step,
     brain_clusters,
     case_names,
+    distill_cost,
     flops_per_module_token,
     mfu,
     ratios,
@@ -85,14 +86,25 @@ def test_module_token_accounting(quick) -> None:
     C = brain_clusters(N)
     assert C == 2
     assert by["brain"]["module_tokens_per_step"] == 3 * N * capacity(2, B, C, 1.5) * T
-    assert 0 < by["brain"]["no_distill_step_ms"]
-    assert by["brain"]["distill_share"] == pytest.approx(
-        1 - by["brain"]["no_distill_step_ms"] / by["brain"]["step_ms"]
-    )
+    # the distillation cost from the same run: a consolidation step costs more than a plain one
+    assert 0 < by["brain"]["no_distill_step_ms"] < by["brain"]["consolidate_step_ms"]
+    assert 0 < by["brain"]["distill_share"] < 1
     assert by["brain"]["ema_ms"] > 0
     for r in rows:
         if r["case"] == "scaling":
             assert r["step_ms_per_module"] == pytest.approx(r["step_ms"] / r["n_modules"])
+
+
+def test_distill_cost_from_step_times() -> None:
+    # K = 5: four plain steps of 100 ms (2 ms of them the EMA update), one consolidation step
+    # of 150 ms -> without distillation 98 ms a step, the mean step 110 ms
+    times = {"ema": [0.002] * 5, "plain": [0.1] * 4, "consolidate": [0.15]}
+    got = distill_cost(times)
+    assert got["ema_ms"] == pytest.approx(2.0)
+    assert got["no_distill_step_ms"] == pytest.approx(98.0)
+    assert got["consolidate_step_ms"] == pytest.approx(150.0)
+    assert got["distill_share"] == pytest.approx(1 - 98 / 110)
+    assert "distill_share" not in distill_cost({"ema": [], "plain": [0.1], "consolidate": []})
 
 
 def test_mfu_is_nanogpt_accounting(quick) -> None:

@@ -168,8 +168,9 @@ def row_pieces(p: Tensor, sizes: list[int], layered: bool) -> list[Tensor | tupl
 def bmm_linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
     """Per-module linear layer. x [M, ..., d_in], w [M, d_in, d_out], b [M, d_out] | None."""
     M, d_in = x.shape[0], x.shape[-1]
-    x2 = x.reshape(M, -1, d_in)  # [M, N, d_in]
-    y = torch.bmm(x2, w) if b is None else torch.baddbmm(b.unsqueeze(1), x2, w)
+    y = torch.bmm(x.reshape(M, -1, d_in), w)  # [M, N, d_out]
+    if b is not None:  # in place: baddbmm's backward would copy the whole output gradient
+        y = y.add_(b.unsqueeze(1))
     return y.view(*x.shape[:-1], w.shape[-1])
 
 
@@ -351,6 +352,108 @@ def attend_with_memory(
     att = torch.cat([self_scores, mem_scores], dim=-1).softmax(dim=-1)  # [Z, H, T, T+P]
     att = F.dropout(att, dropout_p, dropout_p > 0)
     return att[..., :T] @ v + torch.einsum("zhtp,zhtpd->zhtd", att[..., T:], vm)
+
+
+def memory_attention(
+    q: Tensor, k: Tensor, v: Tensor, kv: Tensor, mask: Tensor | None, n_head: int, dropout_p: float
+) -> Tensor:
+    """``attend_with_memory`` in the bank's own layout, heads side by side.
+
+    q, k, v [M, B, T, D]; kv [M, B, T, P, 2D] each position's memory keys | values (heads
+    side by side, as the qkv projection writes them); mask [M, B, T, P] bool | None
+    -> [M, B, T, D] (ready for the output projection).
+
+    On the CPU without dropout or autocast a hand-written autograd function
+    (``_MemoryAttention``) reads q, k, v and the memory in place (per-head strided views) and
+    writes the memory's gradient into one [M, B, T, P, 2D] tensor: no head-major copies, no
+    tiny per-position matmuls. Elsewhere the plain ``attend_with_memory``.
+    """
+    if not (_plain(q) or dropout_p > 0):
+        return _MemoryAttention.apply(q, k, v, kv, mask, n_head)
+    M, B, T, D = q.shape
+    P, hd = kv.shape[3], D // n_head
+    q, k, v = (t.reshape(M * B, T, n_head, hd).transpose(1, 2) for t in (q, k, v))
+    km, vm = kv.view(M * B, T, P, 2, n_head, hd).permute(3, 0, 4, 1, 2, 5)  # [M*B, H, T, P, hd]
+    m = None if mask is None else mask.reshape(M * B, 1, T, P)
+    a = attend_with_memory(q, k, v, km, vm, m, dropout_p)  # [M*B, H, T, hd]
+    return a.transpose(1, 2).reshape(M, B, T, D)
+
+
+class _MemoryAttention(torch.autograd.Function):
+    """Causal self-attention plus per-position memory, one softmax over T + P keys, with a
+    hand-written backward. Keeps q, k, v, the memory and the attention weights [M*B, H, T, T+P]
+    (what an ordinary attention keeps)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, q: Tensor, k: Tensor, v: Tensor, kv: Tensor, mask: Tensor | None, H: int
+    ) -> Tensor:
+        q, k, v, kv = q.contiguous(), k.contiguous(), v.contiguous(), kv.contiguous()
+        M, B, T, D = q.shape
+        P, hd, Z = kv.shape[3], D // H, M * B
+        heads = [slice(h * hd, (h + 1) * hd) for h in range(H)]
+        q3, k3, v3 = q.view(Z, T, D), k.view(Z, T, D), v.view(Z, T, D)
+        km, vm = _memory_heads(kv, H)  # [M, B, T, P, H, hd] views
+        s_mem = (q.view(M, B, T, 1, H, hd) * km).sum(-1)  # [M, B, T, P, H]
+        if mask is not None:
+            s_mem.masked_fill_(~mask[..., None], float("-inf"))
+        s_self = torch.stack([torch.bmm(q3[:, :, h], k3[:, :, h].mT) for h in heads], 1)
+        s_self.masked_fill_(_future(T, q.device), float("-inf"))  # [Z, H, T, T]
+        att = torch.cat([s_self, s_mem.view(Z, T, P, H).permute(0, 3, 1, 2)], -1)
+        att = torch.softmax(att.mul_(hd**-0.5), -1)  # [Z, H, T, T + P]
+        a_mem = att[..., T:].permute(0, 2, 3, 1).reshape(M, B, T, P, H, 1)
+        out = (a_mem * vm).sum(3)  # [M, B, T, H, hd]
+        o3 = out.view(Z, T, H, hd)
+        for h, cols in enumerate(heads):
+            o3[:, :, h] += torch.bmm(att[:, h, :, :T], v3[:, :, cols])
+        ctx.save_for_backward(q, k, v, kv, att, a_mem)
+        ctx.H = H
+        return out.view(M, B, T, D)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
+        q, k, v, kv, att, a_mem = ctx.saved_tensors
+        H = ctx.H
+        M, B, T, D = q.shape
+        P, hd, Z = kv.shape[3], D // H, M * B
+        heads = [slice(h * hd, (h + 1) * hd) for h in range(H)]
+        q3, k3, v3 = q.view(Z, T, D), k.view(Z, T, D), v.view(Z, T, D)
+        g = g.contiguous()
+        g3, g6 = g.view(Z, T, D), g.view(M, B, T, 1, H, hd)
+        km, vm = _memory_heads(kv, H)
+        gkv = torch.empty_like(kv)  # [M, B, T, P, 2D]: keys' and values' gradients, in place
+        gkm, gvm = _memory_heads(gkv, H)
+        torch.mul(a_mem, g6, out=gvm)
+        ga_mem = (g6 * vm).sum(-1)  # [M, B, T, P, H]
+        ga_self = torch.stack([torch.bmm(g3[:, :, h], v3[:, :, h].mT) for h in heads], 1)
+        gv = torch.cat(
+            [torch.bmm(att[:, i, :, :T].mT, g3[:, :, h]) for i, h in enumerate(heads)], -1
+        )
+        ga = torch.cat([ga_self, ga_mem.view(Z, T, P, H).permute(0, 3, 1, 2)], -1)
+        gs = torch._softmax_backward_data(ga, att, -1, att.dtype).mul_(hd**-0.5)  # scores' grad
+        gs_mem = gs[..., T:].permute(0, 2, 3, 1).reshape(M, B, T, P, H, 1)
+        torch.mul(gs_mem, q.view(M, B, T, 1, H, hd), out=gkm)
+        gq = (gs_mem * km).sum(3)  # [M, B, T, H, hd]
+        gq3 = gq.view(Z, T, H, hd)
+        gk = torch.empty_like(k)
+        gk3 = gk.view(Z, T, H, hd)
+        for i, h in enumerate(heads):
+            gs_h = gs[:, i, :, :T]  # [Z, T, T]
+            gq3[:, :, i] += torch.bmm(gs_h, k3[:, :, h])
+            gk3[:, :, i] = torch.bmm(gs_h.mT, q3[:, :, h])
+        return gq.view(M, B, T, D), gk, gv.view(M, B, T, D), gkv, None, None
+
+
+def _memory_heads(kv: Tensor, H: int) -> tuple[Tensor, Tensor]:
+    """Keys and values of kv [M, B, T, P, 2D] as [M, B, T, P, H, hd] views."""
+    M, B, T, P, D2 = kv.shape
+    D = D2 // 2
+    return kv[..., :D].view(M, B, T, P, H, D // H), kv[..., D:].view(M, B, T, P, H, D // H)
+
+
+def _future(T: int, device: torch.device) -> Tensor:
+    """[T, T] bool, True above the diagonal (keys a causal query must not see)."""
+    return torch.ones(T, T, dtype=torch.bool, device=device).triu(1)
 
 
 def output_heads(x: Tensor, w: dict[str, Tensor | None]) -> BankOutput:

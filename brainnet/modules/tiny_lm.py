@@ -46,6 +46,7 @@ from brainnet.modules.bank import (
     fold_heads,
     fold_layer_norm,
     folded_heads,
+    memory_attention,
     norm_linear,
     norm_linear_parts,
     pick,
@@ -203,10 +204,8 @@ class TransformerBank(Bank):
         x = F.dropout(x.add_(w["wpe"][:, None, :T]), cfg.dropout, train)  # [M, B, T, D]
         mem = None
         if memory is not None:
-            P = memory.shape[3]
             mem = bmm_linear(memory.to(x.dtype), w["mem_w"], w["mem_b"])  # [M, B, T, P, D]
             hm = F.layer_norm(mem, (D,))  # the same normalised memory in every layer
-            mask = None if memory_mask is None else memory_mask.reshape(M * B, 1, T, P)
 
         # LN1 / LN2 affines folded into the qkv / fc weights, all layers at once ([M, L, ...]),
         # then one view per layer
@@ -216,17 +215,15 @@ class TransformerBank(Bank):
         fc2_w = list(zip(w["fc2_w"], w["fc2_b"] or [None] * L, strict=True))
         for l in range(L):
             # attention: x [M, B, T, D] -> qkv [M, B, T, 3D] -> q, k, v [M*B, H, T, hd]
-            q, k, v = (
-                t.view(M * B, T, H, hd).transpose(1, 2) for t in norm_linear_parts(x, *qkv_w[l], 3)
-            )
+            q, k, v = norm_linear_parts(x, *qkv_w[l], 3)  # each [M, B, T, D]
             if mem is None:
+                q, k, v = (t.view(M * B, T, H, hd).transpose(1, 2) for t in (q, k, v))
                 a = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p_drop)
+                a = a.transpose(1, 2).reshape(M, B, T, D)
             else:  # memory keys / values through this layer's LN and k, v projections
                 a_w, a_b = qkv_w[l]
                 kv = bmm_linear(hm, a_w[:, :, D:], None if a_b is None else a_b[:, D:])
-                km, vm = kv.view(M * B, T, P, 2, H, hd).permute(3, 0, 4, 1, 2, 5)
-                a = attend_with_memory(q, k, v, km, vm, mask, p_drop)  # [M*B, H, T, hd]
-            a = a.transpose(1, 2).reshape(M, B, T, D)
+                a = memory_attention(q, k, v, kv, memory_mask, H, p_drop)  # [M, B, T, D]
             x = residual_linear(x, a, *proj_w[l], cfg.dropout, train)
             # MLP: [M, B, T, D] -> [M, B, T, 4D] -> GELU -> [M, B, T, D]
             if train and cfg.dropout > 0:
