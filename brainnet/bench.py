@@ -47,6 +47,7 @@ from torch import Tensor
 from brainnet.config import ScenarioError, TrainConfig, load_scenario
 from brainnet.data import Batch
 from brainnet.data.text import TextCorpus
+from brainnet.engine.allocator import keep_freed_memory
 from brainnet.engine.optim import build_optimizer, clip_per_module
 from brainnet.engine.simulation import Simulation, resolve_device, seed_everything
 from brainnet.modules.bank import module_cross_entropy
@@ -852,6 +853,7 @@ def run_bench(
     )
     started = time.time()
     rows: list[dict[str, Any]] = []
+    keep_freed_memory()  # as every CPU Simulation does: the same allocator for every case
     for name in sorted(cases, key=names.index):
         for row in _run_case(CASES.get(name), opts):
             rows.append(row)
@@ -878,6 +880,7 @@ def meta(opts: BenchOptions, cases: list[str], quick: bool, wall_s: float) -> di
         "peak_flops_source": opts.peak_source,
         "memory": opts.memory.kind,
         "memory_baseline_mb": opts.memory.baseline_mb,
+        "keep_freed_memory": keep_freed_memory(),  # glibc keeps freed blocks (allocator.py)
         "options": {
             "cases": cases,
             "n": opts.n,

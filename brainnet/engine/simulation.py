@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from brainnet.config import Scenario, ScenarioError, load_scenario
 from brainnet.data import Batch, build_corpus
+from brainnet.engine.allocator import keep_freed_memory
 from brainnet.engine.checkpoint import load_checkpoint, save_checkpoint
 from brainnet.engine.optim import build_optimizer, clip_module, clip_per_module, lr_at
 from brainnet.learning.actions import ACTIONS, Evidence, Limits
@@ -86,6 +87,8 @@ class Simulation:
         self.scenario = sc
         seed_everything(sc.seed)
         self.device = resolve_device(sc.device)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # reuse freed activations instead of page-faulting new ones
         bf16 = sc.precision == "bf16" or (sc.precision == "auto" and self.device.type == "cuda")
         self.autocast_dtype = torch.bfloat16 if bf16 else None
         self.corpus = build_corpus(sc.corpus, sc.seed)

@@ -16,9 +16,9 @@ reach only the selected rows, the other modules' parameters are untouched.
 
 Helpers for fast CPU passes (see tiny_lm.py): ``row_pieces`` (per-chunk / per-layer views of a
 parameter whose gradients go back through one copy), ``fold_layer_norm`` (a LayerNorm's affine
-moved into the next linear layer), ``norm_linear`` and ``residual_gelu_linear`` (keep less for
-the backward and recompute the cheap part there), ``residual_linear`` (residual add inside the
-matmul).
+moved into the next linear layer), ``norm_linear_parts`` (q, k, v as contiguous tensors),
+``residual_linear`` (residual add inside the matmul), ``memory_attention`` (attention over the
+tokens and each position's memory with a hand-written backward).
 """
 
 from __future__ import annotations
@@ -189,121 +189,29 @@ def residual_linear(
     return y.view(x.shape)
 
 
-class _NormLinear(torch.autograd.Function):
-    """``F.layer_norm(x) @ w + b``, its output columns cut into ``parts`` equal tensors (e.g.
-    q, k, v, each contiguous), that keeps x (and the row statistics) for the backward instead of
-    the normalised copy: the backward normalises again, in cache."""
-
-    @staticmethod
-    def forward(
-        ctx: Any, x: Tensor, w: Tensor, b: Tensor | None, eps: float, parts: int
-    ) -> tuple[Tensor, ...]:
-        M, D = x.shape[0], x.shape[-1]
-        h, mean, rstd = torch.native_layer_norm(x, (D,), None, None, eps)
-        h = h.view(M, -1, D)
-        n = w.shape[-1] // parts
-        ys = []
-        for i in range(parts):
-            bi = None if b is None else b[:, i * n : (i + 1) * n]
-            ys.append(_bmm_bias(h, w[:, :, i * n : (i + 1) * n], bi).view(*x.shape[:-1], n))
-        ctx.save_for_backward(x, w, mean, rstd)
-        ctx.eps, ctx.has_b, ctx.parts = eps, b is not None, parts
-        return tuple(ys)
-
-    @staticmethod
-    def backward(ctx: Any, *gys: Tensor | None) -> tuple[Tensor | None, ...]:
-        x, w, mean, rstd = ctx.saved_tensors
-        M, D = x.shape[0], x.shape[-1]
-        n = w.shape[-1] // ctx.parts
-        g2 = [
-            torch.zeros(M, x[0].numel() // D, n, dtype=w.dtype, device=w.device)
-            if g is None
-            else g.reshape(M, -1, n)
-            for g in gys
-        ]
-        gx = gw = gb = None
-        if ctx.needs_input_grad[1]:
-            h = torch.native_layer_norm(x, (D,), None, None, ctx.eps)[0].view(M, -1, D)
-            gw = torch.cat([torch.bmm(h.transpose(1, 2), g) for g in g2], dim=2)
-        if ctx.has_b and ctx.needs_input_grad[2]:
-            gb = torch.cat([g.sum(1) for g in g2], dim=1)
-        if ctx.needs_input_grad[0]:
-            gh = torch.bmm(g2[0], w[:, :, :n].transpose(1, 2))
-            for i in range(1, ctx.parts):  # accumulate in place: no temporaries
-                gh.baddbmm_(g2[i], w[:, :, i * n : (i + 1) * n].transpose(1, 2))
-            gx = torch.ops.aten.native_layer_norm_backward(
-                gh.view(x.shape), x, (D,), mean, rstd, None, None, (True, False, False)
-            )[0]
-        return gx, gw, gb, None, None
-
-
-class _ResidualGeluLinear(torch.autograd.Function):
-    """``x + gelu(u) @ w + b`` that keeps u, not gelu(u), for the backward (recomputed there)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, u: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
-        M = x.shape[0]
-        base = x if b is None else x + b.view(M, *([1] * (x.dim() - 2)), -1)
-        g = F.gelu(u).view(M, -1, u.shape[-1])
-        y = torch.baddbmm(base.reshape(M, -1, x.shape[-1]), g, w)
-        ctx.save_for_backward(u, w)
-        ctx.has_b = b is not None
-        return y.view(x.shape)
-
-    @staticmethod
-    def backward(ctx: Any, gy: Tensor) -> tuple[Tensor | None, ...]:
-        u, w = ctx.saved_tensors
-        M = u.shape[0]
-        g2 = gy.reshape(M, -1, gy.shape[-1])
-        gu = gw = gb = None
-        if ctx.needs_input_grad[2]:
-            g = F.gelu(u).view(M, -1, u.shape[-1])
-            gw = torch.bmm(g.transpose(1, 2), g2)
-        if ctx.has_b and ctx.needs_input_grad[3]:
-            gb = g2.sum(1)
-        if ctx.needs_input_grad[1]:
-            gg = torch.bmm(g2, w.transpose(1, 2)).view(u.shape)
-            gu = torch.ops.aten.gelu_backward(gg, u)
-        return gy, gu, gw, gb
-
-
-def _bmm_bias(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
-    return torch.bmm(x, w) if b is None else torch.baddbmm(b.unsqueeze(1), x, w)
-
-
 def norm_linear(x: Tensor, w: Tensor, b: Tensor | None, eps: float = 1e-5) -> Tensor:
     """Per-module ``F.layer_norm(x) @ w + b`` (LayerNorm without affine: fold it into w, b with
-    ``fold_layer_norm``). x [M, ..., D], w [M, D, d_out], b [M, d_out] | None.
-
-    Equal to ``bmm_linear(F.layer_norm(x, (D,)), w, b)``; on the CPU without autocast the
-    normalised activations are not kept for the backward (it normalises x again), which halves
-    what this layer writes to and reads back from memory."""
+    ``fold_layer_norm``). x [M, ..., D], w [M, D, d_out], b [M, d_out] | None."""
     return norm_linear_parts(x, w, b, 1, eps)[0]
 
 
 def norm_linear_parts(
     x: Tensor, w: Tensor, b: Tensor | None, parts: int, eps: float = 1e-5
 ) -> tuple[Tensor, ...]:
-    """``norm_linear`` with its output columns cut into ``parts`` equal, contiguous tensors
-    (attention's q, k, v: their gradients then need no copy to be stacked back)."""
+    """``norm_linear`` with its output columns cut into ``parts`` equal tensors (attention's
+    q, k, v). On the CPU each part is its own matmul, so each is contiguous and the memory
+    attention reads it in place; elsewhere one matmul and views."""
+    h = F.layer_norm(x, x.shape[-1:], eps=eps)  # [M, ..., D]
     if _plain(x):
-        return bmm_linear(F.layer_norm(x, x.shape[-1:], eps=eps), w, b).chunk(parts, -1)
-    return _NormLinear.apply(x, w, b, eps, parts)
-
-
-def residual_gelu_linear(x: Tensor, u: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
-    """Per-module ``x + gelu(u) @ w + b`` (the second half of an MLP with its residual).
-    x [M, ..., d_out], u [M, ..., d_in], w [M, d_in, d_out], b [M, d_out] | None.
-
-    On the CPU without autocast gelu(u) is not kept for the backward (recomputed there)."""
-    if _plain(u):
-        return residual_linear(x, F.gelu(u), w, b)
-    return _ResidualGeluLinear.apply(x, u, w, b)
+        return bmm_linear(h, w, b).chunk(parts, -1)
+    n = w.shape[-1] // parts
+    cols = [slice(i * n, (i + 1) * n) for i in range(parts)]
+    return tuple(bmm_linear(h, w[..., c], None if b is None else b[..., c]) for c in cols)
 
 
 def _plain(x: Tensor) -> bool:
-    """Use plain autograd ops (not the recomputing functions): off the CPU (GPU paths keep the
-    ordinary graph) or under autocast (the functions do not handle mixed dtypes)."""
+    """Use the generic path (not the CPU-specific one): off the CPU (a GPU wants one big
+    matmul and the ordinary graph) or under autocast (the CPU functions assume one dtype)."""
     return x.device.type != "cpu" or torch.is_autocast_enabled(x.device.type)
 
 

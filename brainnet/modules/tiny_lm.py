@@ -20,9 +20,11 @@ forward runs the module axis in chunks (``chunk``; automatic: ``CPU_CHUNK_BYTES`
 activation per chunk on a CPU, the whole bank on a GPU) within ONE autograd graph; each
 LayerNorm's affine is folded into the linear layer that reads it (``fold_layer_norm``: a pass
 over weights instead of two over activations); residual adds ride in the matmul
-(``baddbmm``); and, on a CPU without autocast, neither the normalised activations nor GELU's
-output are kept for the backward (``norm_linear``, ``residual_gelu_linear`` recompute them in
-cache). Chunked and whole-bank passes agree to fp32 rounding (tests/test_bank.py).
+(``baddbmm``); q, k, v come out contiguous and the memory attention has its own backward
+(``memory_attention``). Chunked and whole-bank passes agree to fp32 rounding
+(tests/test_bank.py). (Recomputing LayerNorm and GELU in the backward instead of keeping their
+outputs was measured 4-8 % slower on the 2-core benchmark machine once freed memory is reused,
+see engine/allocator.py, and was dropped.)
 """
 
 from __future__ import annotations
@@ -50,14 +52,13 @@ from brainnet.modules.bank import (
     norm_linear,
     norm_linear_parts,
     pick,
-    residual_gelu_linear,
     residual_linear,
     row_pieces,
 )
 from brainnet.registry import MODULE_TYPES
 
 #: on a CPU, the automatic chunk keeps one chunk's widest activation within this many bytes
-CPU_CHUNK_BYTES = 4 * 2**20
+CPU_CHUNK_BYTES = 16 * 2**20
 
 
 class TransformerConfig(ModuleConfig):
@@ -226,11 +227,8 @@ class TransformerBank(Bank):
                 a = memory_attention(q, k, v, kv, memory_mask, H, p_drop)  # [M, B, T, D]
             x = residual_linear(x, a, *proj_w[l], cfg.dropout, train)
             # MLP: [M, B, T, D] -> [M, B, T, 4D] -> GELU -> [M, B, T, D]
-            if train and cfg.dropout > 0:
-                h = F.gelu(norm_linear(x, *fc_w[l]))
-                x = residual_linear(x, h, *fc2_w[l], cfg.dropout, train)
-            else:
-                x = residual_gelu_linear(x, norm_linear(x, *fc_w[l]), *fc2_w[l])
+            h = F.gelu(norm_linear(x, *fc_w[l]))
+            x = residual_linear(x, h, *fc2_w[l], cfg.dropout, train)
 
         return folded_heads(x, w)
 
