@@ -17,6 +17,7 @@ from brainnet.society.cluster import (
     cluster_log_probs,
     merge_routed,
     merge_uniform,
+    take,
 )
 
 T, B = 16, 8
@@ -308,3 +309,14 @@ def test_pipeline_equals_a_per_cluster_reference_loop():
     probs = torch.stack([o[0].softmax(-1) for o in outs]).mean(0)  # the last cluster
     ref = F.nll_loss(probs.log().reshape(-1, soc.vocab_size), b.y.reshape(-1))
     torch.testing.assert_close(out.task_loss, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_take_equals_advanced_indexing():
+    """``take`` (index_select) equals x[index] for a 2-D index, forward and gradient."""
+    x = torch.randn(6, 3, 2, requires_grad=True)
+    index = torch.tensor([[0, 5], [5, 2], [1, 1]])
+    torch.testing.assert_close(take(x, index), x[index])
+    proj = torch.randn(3, 2, 3, 2)
+    (g_take,) = torch.autograd.grad((take(x, index) * proj).sum(), x)
+    (g_ref,) = torch.autograd.grad((x[index] * proj).sum(), x)
+    torch.testing.assert_close(g_take, g_ref)

@@ -271,12 +271,12 @@ def memory_attention(
     side by side, as the qkv projection writes them); mask [M, B, T, P] bool | None
     -> [M, B, T, D] (ready for the output projection).
 
-    On the CPU without dropout or autocast a hand-written autograd function
-    (``_MemoryAttention``) reads q, k, v and the memory in place (per-head strided views) and
-    writes the memory's gradient into one [M, B, T, P, 2D] tensor: no head-major copies, no
-    tiny per-position matmuls. Elsewhere the plain ``attend_with_memory``.
+    On the CPU without dropout or autocast an autograd function (``_MemoryAttention``) runs the
+    causal part with PyTorch's flash kernels, reads the memory in place and writes its gradient
+    into one [M, B, T, P, 2D] tensor: no head-major copies, no T+P score matrix, no tiny
+    per-position matmuls. Elsewhere the plain ``attend_with_memory``.
     """
-    if not (_plain(q) or dropout_p > 0):
+    if not (_plain(q) or dropout_p > 0 or _FLASH is None):
         return _MemoryAttention.apply(q, k, v, kv, mask, n_head)
     M, B, T, D = q.shape
     P, hd = kv.shape[3], D // n_head
@@ -287,10 +287,24 @@ def memory_attention(
     return a.transpose(1, 2).reshape(M, B, T, D)
 
 
+#: PyTorch's CPU flash-attention kernels, which return (and take back) the log-sum-exp of each
+#: query's scores: the memory keys join the same softmax through it
+_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+_FLASH_BACKWARD = getattr(
+    torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None
+)
+
+
 class _MemoryAttention(torch.autograd.Function):
-    """Causal self-attention plus per-position memory, one softmax over T + P keys, with a
-    hand-written backward. Keeps q, k, v, the memory and the attention weights [M*B, H, T, T+P]
-    (what an ordinary attention keeps)."""
+    """Causal self-attention plus per-position memory, one softmax over T + P keys.
+
+    The causal part is PyTorch's CPU flash attention, which returns each query's log-sum-exp
+    ``lse_s`` [Z, H, T]; the memory part adds its P scores to the same normaliser,
+    ``L = logaddexp(lse_s, logsumexp_p s_p)``, and the output is
+    ``exp(lse_s - L) · out_self + Σ_p exp(s_p - L) · v_p``. In the backward, the flash kernel
+    given ``L`` and the final output returns exactly the causal part's gradients under the joint
+    softmax (it rebuilds the probabilities as exp(s - L) and uses rowsum(dO ⊙ O)); the memory
+    part's are written here, the keys' and values' into one [M, B, T, P, 2D] tensor."""
 
     @staticmethod
     def forward(
@@ -298,58 +312,57 @@ class _MemoryAttention(torch.autograd.Function):
     ) -> Tensor:
         q, k, v, kv = q.contiguous(), k.contiguous(), v.contiguous(), kv.contiguous()
         M, B, T, D = q.shape
-        P, hd, Z = kv.shape[3], D // H, M * B
-        heads = [slice(h * hd, (h + 1) * hd) for h in range(H)]
-        q3, k3, v3 = q.view(Z, T, D), k.view(Z, T, D), v.view(Z, T, D)
+        hd = D // H
+        scale = hd**-0.5
+        o_self, lse = _FLASH(*_head_major(q, k, v, H=H), 0.0, True, scale=scale)  # [Z,H,T,hd]
         km, vm = _memory_heads(kv, H)  # [M, B, T, P, H, hd] views
-        s_mem = (q.view(M, B, T, 1, H, hd) * km).sum(-1)  # [M, B, T, P, H]
+        s_mem = (q.view(M, B, T, 1, H, hd) * km).sum(-1).mul_(scale)  # [M, B, T, P, H]
         if mask is not None:
             s_mem.masked_fill_(~mask[..., None], float("-inf"))
-        s_self = torch.stack([torch.bmm(q3[:, :, h], k3[:, :, h].mT) for h in heads], 1)
-        s_self.masked_fill_(_future(T, q.device), float("-inf"))  # [Z, H, T, T]
-        att = torch.cat([s_self, s_mem.view(Z, T, P, H).permute(0, 3, 1, 2)], -1)
-        att = torch.softmax(att.mul_(hd**-0.5), -1)  # [Z, H, T, T + P]
-        a_mem = att[..., T:].permute(0, 2, 3, 1).reshape(M, B, T, P, H, 1)
-        out = (a_mem * vm).sum(3)  # [M, B, T, H, hd]
-        o3 = out.view(Z, T, H, hd)
-        for h, cols in enumerate(heads):
-            o3[:, :, h] += torch.bmm(att[:, h, :, :T], v3[:, :, cols])
-        ctx.save_for_backward(q, k, v, kv, att, a_mem)
+        lse_self = lse.view(M, B, H, T).transpose(2, 3)  # [M, B, T, H]
+        L = torch.logaddexp(lse_self, torch.logsumexp(s_mem, 3))  # [M, B, T, H] joint lse
+        p_mem = torch.exp(s_mem - L[:, :, :, None])  # [M, B, T, P, H] memory probabilities
+        out = (p_mem[..., None] * vm).sum(3)  # [M, B, T, H, hd]
+        out += torch.exp(lse_self - L)[..., None] * o_self.view(M, B, H, T, hd).transpose(2, 3)
+        ctx.save_for_backward(q, k, v, kv, out, L, p_mem)
         ctx.H = H
         return out.view(M, B, T, D)
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
-        q, k, v, kv, att, a_mem = ctx.saved_tensors
+        q, k, v, kv, out, L, p_mem = ctx.saved_tensors
         H = ctx.H
         M, B, T, D = q.shape
-        P, hd, Z = kv.shape[3], D // H, M * B
-        heads = [slice(h * hd, (h + 1) * hd) for h in range(H)]
-        q3, k3, v3 = q.view(Z, T, D), k.view(Z, T, D), v.view(Z, T, D)
+        hd, Z = D // H, M * B
+        scale = hd**-0.5
         g = g.contiguous()
-        g3, g6 = g.view(Z, T, D), g.view(M, B, T, 1, H, hd)
+        g6 = g.view(M, B, T, 1, H, hd)
+        L_z = L.transpose(2, 3).reshape(Z, H, T)
+        gq, gk, gv = _FLASH_BACKWARD(
+            *_head_major(g, q, k, v, out.view(M, B, T, D), H=H), L_z, 0.0, True, scale=scale
+        )
         km, vm = _memory_heads(kv, H)
         gkv = torch.empty_like(kv)  # [M, B, T, P, 2D]: keys' and values' gradients, in place
         gkm, gvm = _memory_heads(gkv, H)
-        torch.mul(a_mem, g6, out=gvm)
-        ga_mem = (g6 * vm).sum(-1)  # [M, B, T, P, H]
-        ga_self = torch.stack([torch.bmm(g3[:, :, h], v3[:, :, h].mT) for h in heads], 1)
-        gv = torch.cat(
-            [torch.bmm(att[:, i, :, :T].mT, g3[:, :, h]) for i, h in enumerate(heads)], -1
+        torch.mul(p_mem[..., None], g6, out=gvm)
+        rowsum = (g * out.view(M, B, T, D)).view(M, B, T, H, hd).sum(-1)  # [M, B, T, H]
+        gs = (g6 * vm).sum(-1).sub_(rowsum[:, :, :, None]).mul_(p_mem).mul_(scale)  # scores'
+        torch.mul(gs[..., None], q.view(M, B, T, 1, H, hd), out=gkm)
+        gq = gq.transpose(1, 2).reshape(M, B, T, H, hd) + (gs[..., None] * km).sum(3)
+        return (
+            gq.view(M, B, T, D),
+            gk.transpose(1, 2).reshape(M, B, T, D),
+            gv.transpose(1, 2).reshape(M, B, T, D),
+            gkv,
+            None,
+            None,
         )
-        ga = torch.cat([ga_self, ga_mem.view(Z, T, P, H).permute(0, 3, 1, 2)], -1)
-        gs = torch._softmax_backward_data(ga, att, -1, att.dtype).mul_(hd**-0.5)  # scores' grad
-        gs_mem = gs[..., T:].permute(0, 2, 3, 1).reshape(M, B, T, P, H, 1)
-        torch.mul(gs_mem, q.view(M, B, T, 1, H, hd), out=gkm)
-        gq = (gs_mem * km).sum(3)  # [M, B, T, H, hd]
-        gq3 = gq.view(Z, T, H, hd)
-        gk = torch.empty_like(k)
-        gk3 = gk.view(Z, T, H, hd)
-        for i, h in enumerate(heads):
-            gs_h = gs[:, i, :, :T]  # [Z, T, T]
-            gq3[:, :, i] += torch.bmm(gs_h, k3[:, :, h])
-            gk3[:, :, i] = torch.bmm(gs_h.mT, q3[:, :, h])
-        return gq.view(M, B, T, D), gk, gv.view(M, B, T, D), gkv, None, None
+
+
+def _head_major(*xs: Tensor, H: int) -> list[Tensor]:
+    """[M, B, T, D] tensors as [M*B, H, T, hd] views (what the flash kernels take)."""
+    M, B, T, D = xs[0].shape
+    return [x.view(M * B, T, H, D // H).transpose(1, 2) for x in xs]
 
 
 def _memory_heads(kv: Tensor, H: int) -> tuple[Tensor, Tensor]:
@@ -357,11 +370,6 @@ def _memory_heads(kv: Tensor, H: int) -> tuple[Tensor, Tensor]:
     M, B, T, P, D2 = kv.shape
     D = D2 // 2
     return kv[..., :D].view(M, B, T, P, H, D // H), kv[..., D:].view(M, B, T, P, H, D // H)
-
-
-def _future(T: int, device: torch.device) -> Tensor:
-    """[T, T] bool, True above the diagonal (keys a causal query must not see)."""
-    return torch.ones(T, T, dtype=torch.bool, device=device).triu(1)
 
 
 def output_heads(x: Tensor, w: dict[str, Tensor | None]) -> BankOutput:

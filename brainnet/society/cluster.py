@@ -12,6 +12,13 @@ import torch
 from torch import Tensor
 
 
+def take(x: Tensor, index: Tensor) -> Tensor:
+    """``x[index]`` along dim 0 for an index of any shape: x [R, *rest], index [*I] long ->
+    [*I, *rest]. Through ``index_select``, whose backward is an ``index_add`` (advanced
+    indexing's is an accumulating ``index_put``, several times slower on the CPU)."""
+    return x.index_select(0, index.reshape(-1)).view(*index.shape, *x.shape[1:])
+
+
 def aggregate_mates(messages: Tensor, adjacency: Tensor) -> Tensor:
     """Mean of each module's in-neighbours' messages inside its cluster.
 
@@ -49,7 +56,7 @@ def merge_routed(
     C, cap, T, V = cluster_lp.shape
     flat = torch.cat([cluster_lp.reshape(C * cap, T, V), cluster_lp.new_zeros(1, T, V)])
     index = torch.where(kept, chosen * cap + slot, C * cap)  # [B, k], dropped -> zero row
-    picked = flat[index]  # [B, k, T, V]
+    picked = take(flat, index)  # [B, k, T, V]
     w = gates.float() * kept  # [B, k]
     total = w.sum(-1, keepdim=True)  # [B, 1]
     # never take log(0) or a logsumexp over nothing: their gradients are NaN even when masked

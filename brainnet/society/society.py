@@ -37,6 +37,7 @@ from brainnet.society.cluster import (
     cluster_log_probs,
     merge_routed,
     merge_uniform,
+    take,
 )
 from brainnet.society.router import Router, routing_entropy
 from brainnet.society.topology import Topology, build_topology
@@ -379,7 +380,7 @@ class Society(nn.Module):
         if self.slots:
             assert board is not None
             pad = lambda t: torch.cat([t, t.new_zeros(1, *t.shape[1:])])  # noqa: E731
-            slots = pad(board.slots)[sidx]  # [w, cap, T, S, Dm]
+            slots = take(pad(board.slots), sidx)  # [w, cap, T, S, Dm]
             occ = pad(board.occupancy)[sidx]  # [w, cap, T, S]
             parts.append(slots[:, None].expand(w, n, *slots.shape[1:]))
             masks.append(occ[:, None].expand(w, n, *occ.shape[1:]))
@@ -388,7 +389,7 @@ class Society(nn.Module):
         if msgs is None:  # nobody has spoken yet: only the (empty) board exists
             msgs_w = torch.zeros(w, n, cap, T, self.message_dim, device=sidx.device)
         else:
-            msgs_w = msgs[W]  # [w, n, cap, T, Dm]
+            msgs_w = take(msgs, W)  # [w, n, cap, T, Dm]
         if self.has_mates:
             parts.append(aggregate_mates(msgs_w, self.adjacency[W])[:, :, :, :, None])
             has = wave.mates[:, None] & (self.adjacency[W].sum(-1) > 0)  # [w, n]
@@ -396,7 +397,7 @@ class Society(nn.Module):
             count["mate"] = count["mate"] + (self.mate_edges[W] * a * wave.mates).sum()
         if self.has_inputs:
             ok = wave.input_ok  # [w, I]
-            src = None if msgs is None else self._cluster_mean(msgs)[wave.inputs]  # [w,I,cap,T,Dm]
+            src = None if msgs is None else take(self._cluster_mean(msgs), wave.inputs)
             k = ok.sum(1)  # [w]
             if src is None:
                 agg = msgs_w[:, 0]
@@ -430,8 +431,9 @@ class Society(nn.Module):
         flat_s = sal.permute(0, 2, 3, 1).reshape(C * cap, T, n)
         flat_m = torch.cat([flat_m, flat_m.new_zeros(1, T, n, Dm)])
         flat_s = torch.cat([flat_s, flat_s.new_full((1, T, n), float("-inf"))])
-        props = flat_m[index].permute(0, 2, 1, 3, 4).reshape(B, T, k * n, Dm)
-        strength = torch.sigmoid(flat_s[index].float()).permute(0, 2, 1, 3).reshape(B, T, k * n)
+        props = take(flat_m, index).permute(0, 2, 1, 3, 4).reshape(B, T, k * n, Dm)
+        strength = torch.sigmoid(take(flat_s, index).float()).permute(0, 2, 1, 3)
+        strength = strength.reshape(B, T, k * n)
         new = board_ops.write(
             board.slots,
             board.strength,
