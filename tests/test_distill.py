@@ -412,3 +412,21 @@ def test_config_model_level_check_names_field():
     cfg = DistillConfig(enabled=True, every=3)
     assert [cfg.due(s) for s in range(4)] == [True, False, False, True]
     assert not DistillConfig().due(0)
+
+
+def test_rows_leave_padding_sequences_out():
+    """With rows [M, B] every term averages over the chosen sequences only: equal to the loss
+    on those sequences alone; [M, P] peers cannot take rows."""
+    s = _logits(20, M, B + 1, T, V)
+    tch = _logits(21, M, B + 1, T, V, grad=False)
+    y = torch.randint(0, V, (M, B + 1, T), generator=torch.Generator().manual_seed(22))
+    rows = torch.ones(M, B + 1, dtype=torch.bool)
+    rows[:, -1] = False  # the last sequence is padding for every module
+    w = peer_weights(torch.tensor([[1, 2], [0, 2], [0, 1]]), None, M)
+    got = distill_loss(s, y, tch, s.detach(), 0.4, 2.0, peer_weights=w, rows=rows)
+    keep = slice(0, B)
+    ref = distill_loss(s[:, keep], y[:, keep], tch[:, keep], s.detach()[:, keep], 0.4, 2.0,
+                       peer_weights=w)  # fmt: skip
+    torch.testing.assert_close(got, ref)
+    with pytest.raises(ValueError, match="rows need pooled peers"):
+        distill_loss(s, y, tch, s.detach()[:, None], 0.4, 2.0, rows=rows)

@@ -9,6 +9,8 @@ import torch
 
 import brainnet
 from brainnet.engine import Simulation
+from brainnet.learning import distill_loss
+from brainnet.modules.bank import module_cross_entropy
 
 BASE = {
     "train.steps": 6, "train.eval_every": 6, "train.eval_batches": 1, "train.batch_size": 8,
@@ -91,3 +93,56 @@ def test_warmup_correction_distils_on_teacher_corrected_samples(tmp_path):
     assert (seq[:, :, :4] == tokens[:, :, :4]).all() and 0 <= float(frac.min()) <= 1  # prompt kept
     out = s.train_step()
     assert out["warmup_replaced"].shape == (3,) and torch.isfinite(out["distill_loss"]).all()
+
+
+def test_society_consolidation_reuses_the_first_pass_on_routed_rows(tmp_path):
+    """In a brain society the first wave is every module alone: the consolidation distils those
+    logits on each module's routed sequences (padding rows left out), and equals distill_loss on
+    the standalone modules run on exactly those sequences, with the EMA teacher's logits on them
+    and the cluster mates as peers."""
+    s = sim(tmp_path, "brain", **{"modules.0.count": 12, "society.clusters": 4,
+                                   "distill": {"enabled": True, "teacher": "both", "alpha": 0.3},
+                                   "society.arousal.enabled": False})  # fmt: skip
+    s.teacher.update(0)  # the teacher drifts from the student a little: a non-zero KL
+    with torch.no_grad():
+        for p in s.teacher.banks[0].parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    batch = s.corpus.batch("train", 8, torch.Generator().manual_seed(0))
+    *_, first = s.society_losses(batch)
+    assert first is not None and s.society.first_alone(s.knobs.rounds, first[1].shape[1])
+    logits, seq_index = first
+    kd, ce = s.consolidate(batch, first)
+    cfg, bank, B = s.scenario.distill, s.banks[0], batch.x.shape[0]
+    clusters = s.society.topology.clusters()
+    for c, members in enumerate(clusters):
+        rows = seq_index[c][seq_index[c] < B]  # the sequences routed to cluster c
+        if rows.numel() == 0:
+            assert torch.all(kd[members] == 0)
+            continue
+        x, y = batch.x[rows], batch.y[rows]
+        alone = {m: bank.export(m).eval()(x)[0] for m in members}  # standalone TinyLMs
+        for i, m in enumerate(members):  # the first pass is each module alone
+            real = seq_index[c] < B
+            torch.testing.assert_close(logits[c, i][real], alone[m], atol=1e-4, rtol=1e-4)
+        with torch.no_grad():
+            teacher = s.teacher.logits(0, x.expand(bank.n_modules, -1, -1))
+        for m in members:
+            peers = torch.stack([alone[j] for j in members if j != m])[None]
+            ref = distill_loss(alone[m][None], y, teacher[m][None], peers, 0.3, cfg.temperature)
+            torch.testing.assert_close(kd[m], ref[0], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(ce[m], module_cross_entropy(alone[m][None], y)[0],
+                                       atol=1e-4, rtol=1e-4)  # fmt: skip
+
+
+def test_a_chain_consolidates_in_its_own_pass(tmp_path):
+    """In a pipeline the later clusters first fire with their inputs' messages: no module's
+    first prediction is its own alone, so consolidation runs its own pass (and training runs)."""
+    s = sim(
+        tmp_path,
+        "pipeline",
+        **{"modules.0.count": 8, "distill": {"enabled": True, "teacher": "both"}},
+    )
+    batch = s.corpus.batch("train", 8, torch.Generator().manual_seed(0))
+    *_, first = s.society_losses(batch)
+    assert first is None
+    assert torch.isfinite(s.train_step()["train_loss"])

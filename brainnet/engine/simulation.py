@@ -55,6 +55,10 @@ from brainnet.modules.bank import module_cross_entropy
 from brainnet.society import Arousal, Knobs, Society
 from brainnet.society.topology import Topology, build_topology
 
+#: what ``module_losses`` / ``society_losses`` return: loss, task loss [], module CE [N], stats,
+#: and the society's first-firing logits with their rows (or None), for consolidation
+Losses = tuple[Tensor, Tensor, Tensor, dict[str, Tensor], tuple[Tensor, Tensor] | None]
+
 #: ``callback(sim, row)`` is called after every logged step with that step's metrics row.
 Callback = Callable[["Simulation", dict[str, Any]], None]
 
@@ -160,20 +164,22 @@ class Simulation:
     def run_dir(self) -> Path | None:
         return None if self.writer is None else self.writer.path
 
-    def module_losses(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
+    def module_losses(self, batch: Batch) -> Losses:
         """Independent modules: every module on the whole batch, one call per bank.
 
-        Returns (loss to minimise, task loss [], per-module CE [N], stats)."""
+        Returns (loss to minimise, task loss [], per-module CE [N], stats, None)."""
         out = []
         for bank in self.banks:  # one iteration per module TYPE; all its modules run at once
             tokens = batch.x.unsqueeze(0).expand(bank.n_modules, -1, -1)  # [M, B, T]
             out.append(module_cross_entropy(bank(tokens).logits, batch.y))
         ce = torch.cat(out)  # [N]
         # sum, not mean: each module's gradient is that of its own mean loss, whatever N is
-        return ce.sum(), ce.mean(), ce, {}
+        return ce.sum(), ce.mean(), ce, {}, None
 
-    def society_losses(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
-        """The society's step (router, clusters, blackboard, merge) on ``batch``."""
+    def society_losses(self, batch: Batch) -> Losses:
+        """The society's step (router, clusters, blackboard, merge) on ``batch``. The last
+        item: (first-firing logits [C, n, cap, T, V], sequence rows [C, cap]) when every module
+        first ran alone (``Society.first_alone``), for the consolidation to reuse; else None."""
         assert self.society is not None
         out = self.society(batch, self.knobs)
         stats = dict(out.stats)
@@ -191,22 +197,35 @@ class Simulation:
             stats["domain_cluster"] = torch.zeros(D * C, device=dom.device).scatter_add_(
                 0, flat, kept.flatten().float()
             )
-        return out.loss, out.task_loss, out.module_loss, stats
+        first = None if out.first_logits is None else (out.first_logits, out.seq_index)
+        return out.loss, out.task_loss, out.module_loss, stats, first
 
-    def consolidate(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """Self-distillation pass: every module alone (no memory) on the batch, pulled toward
-        its EMA snapshot and / or its cluster mates, or toward the frozen modules of an earlier
-        run (teacher 'run'; see docs/learning.md).
+    def consolidate(
+        self, batch: Batch, first: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Self-distillation: every module alone (no memory), pulled toward its EMA snapshot
+        and / or its cluster mates, or toward the frozen modules of an earlier run (teacher
+        'run'; see docs/learning.md).
+
+        Without ``first``: a pass of every module over the whole batch. With ``first`` (the
+        society step's first-firing logits and rows, see ``society_losses``): no second pass;
+        each module is distilled on the sequences it was routed this step (padding rows left
+        out), from the same forward. Warmup-Distill always runs its own pass.
 
         Returns the per-module distillation loss [N] (alpha·CE + (1-alpha)·T²·KL, or the
         T²·KL term alone in the closed loop) and the plain CE [N] for logging."""
         cfg = self.scenario.distill
         alpha = cfg.alpha if cfg.labels else 0.0
         sharpen = cfg.temperature / (cfg.teacher_temperature or cfg.temperature)
+        if cfg.warmup_correction.enabled:
+            first = None
         out, ces = [], []
         for b, bank in enumerate(self.banks):
-            tokens = batch.x.unsqueeze(0).expand(bank.n_modules, -1, -1)  # [M, B, T]
-            logits = bank(tokens).logits  # [M, B, T, V]
+            if first is None:
+                tokens = batch.x.unsqueeze(0).expand(bank.n_modules, -1, -1)  # [M, B, T]
+                logits, targets, rows = bank(tokens).logits, batch.y, None  # [M, B, T, V]
+            else:  # [M, cap, T, V], [M, cap, T] x 2, [M, cap]
+                logits, tokens, targets, rows = self._first_rows(b, batch, *first)
             teacher = peers = None
             if self.teacher is not None:
                 with torch.no_grad():
@@ -222,16 +241,37 @@ class Simulation:
                 out.append(
                     distill_loss(
                         logits,
-                        batch.y,
+                        targets,
                         teacher,
                         peers,
                         alpha,
                         cfg.temperature,
                         peer_weights=weights,
+                        rows=rows,
                     )
                 )
-            ces.append(module_cross_entropy(logits.detach(), batch.y))
+            ces.append(module_cross_entropy(logits.detach(), targets, rows))
         return torch.cat(out), torch.cat(ces)
+
+    def _first_rows(
+        self, b: int, batch: Batch, logits: Tensor, seq_index: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Bank ``b``'s modules' first-firing logits [M, cap, T, V], in bank row order, with the
+        tokens and targets of their buffer rows [M, cap, T] and which rows hold a sequence
+        [M, cap] (the rest is the router's padding)."""
+        assert self.society is not None
+        topo = self.society.topology
+        C, n = logits.shape[:2]
+        B, T = batch.x.shape
+        ids = self.society.module_ids.flatten()  # [C*n] global id per slot (N: empty)
+        slot = torch.zeros(self.n_modules + 1, dtype=torch.long, device=ids.device)
+        slot.scatter_(0, ids, torch.arange(C * n, device=ids.device))  # global id -> slot
+        off = topo.bank_offset(b)
+        slots = slot[off : off + self.banks[b].n_modules]  # [M]
+        seq = seq_index.repeat_interleave(n, 0).index_select(0, slots)  # [M, cap] slot c*n+i
+        pad = lambda t: torch.cat([t, t.new_zeros(1, T)])  # noqa: E731  (row B = padding)
+        student = logits.flatten(0, 1).index_select(0, slots)  # [M, cap, T, V]
+        return student, pad(batch.x)[seq], pad(batch.y)[seq], seq < B
 
     def _corrected_kd(self, b: int, bank: Any, batch: Batch, sharpen: float) -> Tensor:
         """Warmup-Distill: each module samples continuations of the batch's first ``prompt``
@@ -307,14 +347,14 @@ class Simulation:
         self.model.train()
         with self._autocast():
             if not self.scenario.distill.due(self.step + 1):
-                loss, task, module_ce, stats = self._losses(batch)
+                loss, task, module_ce, stats, _ = self._losses(batch)
             elif self.society is None:  # one pass: the distillation loss holds alpha * CE
                 kd, module_ce = self.consolidate(batch)  # [N] each
                 loss, task, stats = kd.sum(), module_ce.mean(), {"distill_loss": kd.detach()}
                 stats.update(self._pop_replaced())
             else:
-                loss, task, module_ce, stats = self._losses(batch)
-                kd, _ = self.consolidate(batch)
+                loss, task, module_ce, stats, first = self._losses(batch)
+                kd, _ = self.consolidate(batch, first)  # reuses the society's first pass
                 stats["distill_loss"] = kd.detach()
                 stats.update(self._pop_replaced())
                 # closed soft loop: nothing but the distillation term is learned from
@@ -348,7 +388,7 @@ class Simulation:
         acc = _Accumulator()
         with self._autocast():
             for b in self.val_batches:
-                _, task, module, _ = self._losses(b)
+                _, task, module, _, _ = self._losses(b)
                 acc.add({"task": task, "module": module})
         mean = acc.mean()
         return torch.tensor(mean["task"]), mean["module"]

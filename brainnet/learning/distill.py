@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from brainnet.config import DistillConfig, EMAConfig, WarmupCorrectionConfig  # noqa: F401
-from brainnet.modules.bank import Bank, module_cross_entropy
+from brainnet.modules.bank import Bank, module_cross_entropy, module_mean
 
 # --------------------------------------------------------------------------- config
 
@@ -35,13 +35,18 @@ from brainnet.modules.bank import Bank, module_cross_entropy
 
 
 def kd_loss(
-    student_logits: Tensor, teacher_logits: Tensor, temperature: float, per_module: bool = False
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    temperature: float,
+    per_module: bool = False,
+    rows: Tensor | None = None,
 ) -> Tensor:
     """T² · KL(softmax(t/T) ‖ softmax(s/T)), averaged over every leading position.
 
     student_logits [M, ..., V]; teacher_logits broadcastable to it (detached here: no gradient
     ever reaches the teacher). Computed in fp32. Returns [M] (mean over all dims but the first
-    and the last) when ``per_module``, else the scalar mean over all positions.
+    and the last) when ``per_module``, else the scalar mean over all positions. rows [M, B]
+    bool (per_module, logits [M, B, T, V]): only those sequences count.
     """
     T = float(temperature)
     log_s = F.log_softmax(student_logits.float() / T, dim=-1)  # [M, ..., V]
@@ -49,12 +54,16 @@ def kd_loss(
     kl = (log_t.exp() * (log_t - log_s)).sum(-1)  # [M, ...]  KL per position
     kl = kl * (T * T)
     if per_module:
-        return kl.reshape(kl.shape[0], -1).mean(1)  # [M]
+        return module_mean(kl, rows)  # [M]
     return kl.mean()
 
 
 def mean_peer_kd(
-    student_logits: Tensor, peer_logits: Tensor, weights: Tensor, temperature: float
+    student_logits: Tensor,
+    peer_logits: Tensor,
+    weights: Tensor,
+    temperature: float,
+    rows: Tensor | None = None,
 ) -> Tensor:
     """Σ_j w[m, j] · KD_T(s_m, peer_j) for every module m, without forming the M × J pairs.
 
@@ -65,7 +74,8 @@ def mean_peer_kd(
     Per position, KL(p_j ‖ s_m) = Σ_v p_j log p_j − Σ_v p_j log s_m, so the weighted mean over
     peers is ``w @ negH − Σ_v (w @ p) log s_m``: one matmul mixes the peers' distributions and
     their negative entropies, instead of M·P KL terms over [M, P, B, T, V]. Equal to the mean of
-    the pairwise ``kd_loss`` values up to fp32 rounding (tests/test_distill.py).
+    the pairwise ``kd_loss`` values up to fp32 rounding (tests/test_distill.py). rows [M, B]
+    bool: only those sequences count (peers must have processed the same sequences).
     """
     T = float(temperature)
     M, J = weights.shape
@@ -76,7 +86,7 @@ def mean_peer_kd(
     w = weights.to(p.dtype)
     mix = (w @ p.view(J, -1)).view_as(log_s)  # [M, B, T, V] each module's mean peer
     kl = w @ neg_h - (mix * log_s).sum(-1).view(M, -1)  # [M, B*T]
-    return kl.mean(1) * (T * T)
+    return module_mean(kl.view(log_s.shape[:-1]), rows) * (T * T)
 
 
 def peer_weights(index: Tensor, mask: Tensor | None, n_pool: int) -> Tensor:
@@ -98,6 +108,7 @@ def distill_loss(
     temperature: float = 2.0,
     peer_mask: Tensor | None = None,
     peer_weights: Tensor | None = None,
+    rows: Tensor | None = None,
 ) -> Tensor:
     """Per-module distillation loss α·CE + (1 − α)·T²·KL, batch-mean -> [M].
 
@@ -109,15 +120,18 @@ def distill_loss(
     peer_logits [J, B, T, V] and each module's weights over it (``peer_weights(...)``; the fast
     form, see ``mean_peer_kd``: no [M, P, B, T, V] tensor). With a teacher and peers the KL term
     is (teacher + mean over peers) / 2. A module without any real peer gets the teacher term
-    alone, or the plain CE; with neither (or P = 0) the loss is the plain CE.
+    alone, or the plain CE; with neither (or P = 0) the loss is the plain CE. rows [M, B] bool
+    (pooled peers or none): only those sequences count, e.g. the rows a router filled.
     """
-    ce = module_cross_entropy(student_logits, targets)  # [M]
+    if rows is not None and peer_logits is not None and peer_weights is None:
+        raise ValueError("distill_loss: rows need pooled peers (peer_weights), not [M, P] peers")
+    ce = module_cross_entropy(student_logits, targets, rows)  # [M]
     terms = []
     if teacher_logits is not None:
-        terms.append(kd_loss(student_logits, teacher_logits, temperature, per_module=True))
+        terms.append(kd_loss(student_logits, teacher_logits, temperature, True, rows))
     has_peer = None
     if peer_logits is not None and peer_weights is not None:
-        terms.append(mean_peer_kd(student_logits, peer_logits, peer_weights, temperature))
+        terms.append(mean_peer_kd(student_logits, peer_logits, peer_weights, temperature, rows))
         has_peer = peer_weights.sum(1) > 0  # [M]
     elif peer_logits is not None and peer_logits.shape[1] > 0 and peer_mask is None:
         # [M, 1, B, T, V] vs [M, P, B, T, V]: the per-module mean over (P, B, T) is the mean

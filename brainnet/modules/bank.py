@@ -409,13 +409,24 @@ def folded_heads(x: Tensor, h: dict[str, Tensor | None]) -> BankOutput:
     return BankOutput(logits, message, salience)
 
 
-def module_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+def module_cross_entropy(logits: Tensor, targets: Tensor, rows: Tensor | None = None) -> Tensor:
     """Mean next-token cross-entropy of each module.
 
     logits [M, B, T, V] (any float dtype; computed in fp32), targets [B, T] shared by all
-    modules or [M, B, T] -> [M].
+    modules or [M, B, T]; rows [M, B] bool | None: the sequences that count (e.g. not a router's
+    padding rows) -> [M].
     """
-    M, V = logits.shape[0], logits.shape[-1]
+    V = logits.shape[-1]
     targets = targets.expand(logits.shape[:-1])
     ce = F.cross_entropy(logits.reshape(-1, V).float(), targets.reshape(-1), reduction="none")
-    return ce.view(M, -1).mean(1)
+    return module_mean(ce.view(logits.shape[:-1]), rows)
+
+
+def module_mean(x: Tensor, rows: Tensor | None = None) -> Tensor:
+    """Per-module mean of x [M, B, ...] over everything but the module axis; with rows [M, B]
+    bool only over the rows that are True (0 for a module without any) -> [M]."""
+    M = x.shape[0]
+    if rows is None:
+        return x.reshape(M, -1).mean(1)
+    w = rows.to(x.dtype)
+    return (x.reshape(*rows.shape, -1).mean(2) * w).sum(1) / w.sum(1).clamp(min=1)

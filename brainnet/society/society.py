@@ -63,6 +63,9 @@ class StepOut:
     route: Any = None  # the router's decision (routed topologies)
     logits: Tensor | None = None  # [C, n, cap, T, V] every module's final prediction
     seq_index: Tensor | None = None  # [C, cap] which sequence sits in each buffer row
+    # [C, n, cap, T, V] every module's prediction in its first firing, when that firing read no
+    # memory for every cluster (Society.first_alone): each module alone on its sequences
+    first_logits: Tensor | None = None
 
 
 @dataclass
@@ -144,6 +147,12 @@ class Society(nn.Module):
             self._plans[key] = (plan, self._wave_tensors(plan))
         return self._plans[key]
 
+    def first_alone(self, rounds: int, cap: int) -> bool:
+        """Whether the first wave of the plan holds every cluster and reads no memory: then
+        each module's first prediction is its own, alone (what consolidation distils)."""
+        first = self.plan(rounds, cap)[1][0]
+        return len(first.clusters) == self.topology.n_clusters and not first.any_memory
+
     def _wave_tensors(self, plan: Plan) -> list[_Wave]:
         topo, dev = self.topology, self.adjacency.device
         C = topo.n_clusters
@@ -222,7 +231,8 @@ class Society(nn.Module):
         writes = x.new_zeros(self.n_modules, dtype=torch.float)  # board writes per module
         trace: list[tuple[str, Any, Any]] = []
 
-        for wave in waves:
+        first = None
+        for i, wave in enumerate(waves):
             W = wave.clusters
             sidx = seq_index[W]  # [w, cap]
             toks = tokens_pad[sidx]  # [w, cap, T]
@@ -235,6 +245,8 @@ class Society(nn.Module):
                 new_logits, new_msg, new_sal = self._run_banks(wave, toks, memory, mask)
             else:
                 new_logits, new_msg, new_sal = self._run_banks_padded(wave, toks, memory, mask)
+            if i == 0 and len(wave.clusters) == C and not wave.any_memory:
+                first = new_logits  # [C, n, cap, T, V] every module alone (first_alone)
             logits = _update(logits, W, new_logits, C)
             msgs = _update(msgs, W, new_msg, C)
             sal = _update(sal, W, new_sal, C)
@@ -300,7 +312,7 @@ class Society(nn.Module):
         stats["seq_nll"] = nll.mean(1).detach()  # [B] for per-domain losses
         cl_nll = -(lp.gather(-1, y_pad.unsqueeze(-1)).squeeze(-1)).mean(-1)  # [C, cap]
         stats["cluster_loss"] = (cl_nll * valid).sum(1) / active.clamp(min=1)  # [C]
-        return StepOut(loss, task_loss, module_loss, stats, trace, route, logits, seq_index)
+        return StepOut(loss, task_loss, module_loss, stats, trace, route, logits, seq_index, first)
 
     def _run_banks(
         self, wave: _Wave, toks: Tensor, memory: Tensor | None, mask: Tensor | None
