@@ -322,7 +322,7 @@ class _MemoryAttention(torch.autograd.Function):
         lse_self = lse.view(M, B, H, T).transpose(2, 3)  # [M, B, T, H]
         L = torch.logaddexp(lse_self, torch.logsumexp(s_mem, 3))  # [M, B, T, H] joint lse
         p_mem = torch.exp(s_mem - L[:, :, :, None])  # [M, B, T, P, H] memory probabilities
-        out = (p_mem[..., None] * vm).sum(3)  # [M, B, T, H, hd]
+        out = _mix(p_mem, vm)  # [M, B, T, H, hd]
         out += torch.exp(lse_self - L)[..., None] * o_self.view(M, B, H, T, hd).transpose(2, 3)
         ctx.save_for_backward(q, k, v, kv, out, L, p_mem)
         ctx.H = H
@@ -348,7 +348,7 @@ class _MemoryAttention(torch.autograd.Function):
         rowsum = (g * out.view(M, B, T, D)).view(M, B, T, H, hd).sum(-1)  # [M, B, T, H]
         gs = (g6 * vm).sum(-1).sub_(rowsum[:, :, :, None]).mul_(p_mem).mul_(scale)  # scores'
         torch.mul(gs[..., None], q.view(M, B, T, 1, H, hd), out=gkm)
-        gq = gq.transpose(1, 2).reshape(M, B, T, H, hd) + (gs[..., None] * km).sum(3)
+        gq = _mix(gs, km, gq.transpose(1, 2).reshape(M, B, T, H, hd))
         return (
             gq.view(M, B, T, D),
             gk.transpose(1, 2).reshape(M, B, T, D),
@@ -357,6 +357,16 @@ class _MemoryAttention(torch.autograd.Function):
             None,
             None,
         )
+
+
+def _mix(w: Tensor, x: Tensor, acc: Tensor | None = None) -> Tensor:
+    """``acc + Σ_p w[..., p, h] · x[..., p, h, :]``: w [M, B, T, P, H], x [M, B, T, P, H, hd]
+    -> [M, B, T, H, hd]. One fused multiply-add per memory slot (P is small): no
+    [.., P, H, hd] product tensor to write and sum."""
+    out = torch.mul(w[:, :, :, 0, :, None], x[:, :, :, 0]) if acc is None else acc.contiguous()
+    for p in range(0 if acc is not None else 1, w.shape[3]):
+        out.addcmul_(w[:, :, :, p, :, None], x[:, :, :, p])
+    return out
 
 
 def _head_major(*xs: Tensor, H: int) -> list[Tensor]:
