@@ -709,7 +709,11 @@ def _reorganize_point(s: Setting, opts: BenchOptions) -> dict[str, Any]:
 TARGETS: dict[tuple[str, str | None], tuple[str, float]] = {
     ("bank / loop", "baby"): (">=", 1.0),
     ("bank / loop", "small"): (">=", 1.3),
+    # the same targets for the compiled bank (compile: true is a CPU path too)
+    ("bank_compiled / loop", "baby"): (">=", 1.0),
+    ("bank_compiled / loop", "small"): (">=", 1.3),
     ("brain / bank", None): (">=", 0.5),
+    ("brain_compiled / bank_compiled", None): (">=", 0.5),
     ("EMA + distill share", None): ("<=", 0.10),
     ("scaling max / min", "small"): ("<=", 1.3),
     ("reorganize s", None): ("<=", 1.0),
@@ -718,6 +722,7 @@ TARGETS: dict[tuple[str, str | None], tuple[str, float]] = {
 #: (ratio name, numerator case, denominator case), on module-token throughput
 RATIOS = (
     ("bank / loop", "bank", "loop"),
+    ("bank_compiled / loop", "bank_compiled", "loop"),
     ("bank_compiled / bank", "bank_compiled", "bank"),
     ("brain / bank", "brain", "bank"),
     ("brain_compiled / bank_compiled", "brain_compiled", "bank_compiled"),

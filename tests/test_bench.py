@@ -149,7 +149,9 @@ def test_ratios_and_targets() -> None:
         row("bank", "baby", 8, 150.0),
         row("loop", "small", 8, 100.0),
         row("bank", "small", 8, 120.0),
+        row("bank_compiled", "small", 8, 140.0),
         row("brain", "small", 8, 30.0, distill_share=0.25),
+        row("brain_compiled", "small", 8, 84.0),
         row("scaling", "small", 16, 1.0, step_ms_per_module=1.0),
         row("scaling", "small", 256, 1.0, step_ms_per_module=1.2),
     ]
@@ -157,7 +159,11 @@ def test_ratios_and_targets() -> None:
     assert got == {
         ("bank / loop", "baby"): (1.5, True),  # >= 1.0
         ("bank / loop", "small"): (1.2, False),  # >= 1.3
+        ("bank_compiled / loop", "small"): (1.4, True),  # >= 1.3
+        ("bank_compiled / bank", "small"): (1.167, None),  # no target
         ("brain / bank", "small"): (0.25, False),  # >= 0.5
+        ("brain_compiled / bank_compiled", "small"): (0.6, True),  # >= 0.5
+        ("brain_compiled / brain", "small"): (2.8, None),
         ("EMA + distill share", "small"): (0.25, False),  # <= 0.10
         ("scaling max / min", "small"): (1.2, True),  # <= 1.3
     }
