@@ -215,7 +215,7 @@ class TransformerBank(Bank):
         proj_w = list(zip(w["proj_w"], w["proj_b"] or [None] * L, strict=True))
         fc2_w = list(zip(w["fc2_w"], w["fc2_b"] or [None] * L, strict=True))
         for l in range(L):
-            # attention: x [M, B, T, D] -> qkv [M, B, T, 3D] -> q, k, v [M*B, H, T, hd]
+            # attention: x [M, B, T, D] -> q, k, v [M, B, T, D] (heads side by side)
             q, k, v = norm_linear_parts(x, *qkv_w[l], 3)  # each [M, B, T, D]
             if mem is None:
                 q, k, v = (t.view(M * B, T, H, hd).transpose(1, 2) for t in (q, k, v))
