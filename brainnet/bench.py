@@ -526,7 +526,7 @@ def brain_clusters(n: int) -> int | None:
 DISTILL_EVERY = 5
 
 
-def brain_scenario(s: Setting, distill: bool = True) -> Any:
+def brain_scenario(s: Setting) -> Any:
     """scenarios/brain.yaml at this shape and N on tinyshakespeare: router (top-2), blackboard,
     2 feedback rounds (arousal off, so they stay 2), EMA every step and a consolidation pass
     (EMA + peer distillation) every ``DISTILL_EVERY`` steps."""
@@ -545,7 +545,7 @@ def brain_scenario(s: Setting, distill: bool = True) -> Any:
         "society.rounds": 2,
         "society.arousal.enabled": False,
         "society.arousal.k_range": None,  # fixed top-2 (brain.yaml lets arousal raise it to 3)
-        "distill.enabled": distill,
+        "distill.enabled": True,
         "distill.teacher": "both",
         "distill.every": DISTILL_EVERY,
         "train.batch_size": s.batch_size,
@@ -554,7 +554,7 @@ def brain_scenario(s: Setting, distill: bool = True) -> Any:
     return load_scenario("brain", overrides=overrides)
 
 
-def brain_workload(s: Setting, distill: bool = True) -> Workload:
+def brain_workload(s: Setting) -> Workload:
     """The full society through ``Simulation.train_step`` (compiled: ``compile: true``).
 
     Each timed step is also timed on its own, and the EMA update inside it too (``ema_ms``), so
@@ -562,7 +562,7 @@ def brain_workload(s: Setting, distill: bool = True) -> Workload:
     plus the EMA update of every step (``no_distill_step_ms``, ``distill_share``)."""
     if s.compiled:
         torch._dynamo.reset()
-    sim = Simulation(brain_scenario(s, distill))
+    sim = Simulation(brain_scenario(s))
     B, T = s.batch_size, s.shape.block_size
     times: dict[str, list[float]] = {"ema": [], "consolidate": [], "plain": []}
     if sim.teacher is not None:

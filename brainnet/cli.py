@@ -176,7 +176,7 @@ def bench(
         str | None,
         typer.Option(
             help="Comma-separated cases (default: all): loop, bank, bank_compiled, brain, "
-            "brain_compiled, scaling."
+            "brain_compiled, scaling, reorganize."
         ),
     ] = None,  # noqa: UP045
     n: Annotated[

@@ -226,18 +226,17 @@ class Simulation:
                 logits, targets, rows = bank(tokens).logits, batch.y, None  # [M, B, T, V]
             else:  # [M, cap, T, V], [M, cap, T] x 2, [M, cap]
                 logits, tokens, targets, rows = self._first_rows(b, batch, *first)
-            teacher = peers = None
-            if self.teacher is not None:
-                with torch.no_grad():
-                    teacher = self.teacher.logits(b, tokens) * sharpen
-            weights = None
-            if cfg.teacher in ("peers", "both"):  # the bank's own logits, each module's mates
-                peers, weights = logits.detach() * sharpen, self._peer_weights(b)  # [M, M]
             if cfg.warmup_correction.enabled:  # the KL term on teacher-corrected samples
-                kd = self._corrected_kd(b, bank, batch, sharpen)  # [M]
+                kd = self._corrected_kd(b, bank, batch, sharpen)  # [M] (its own teacher pass)
                 ce = module_cross_entropy(logits, batch.y)
                 out.append(alpha * ce + (1 - alpha) * kd)
             else:
+                teacher = peers = weights = None
+                if self.teacher is not None:
+                    with torch.no_grad():
+                        teacher = self.teacher.logits(b, tokens) * sharpen
+                if cfg.teacher in ("peers", "both"):  # the bank's own logits, each module's mates
+                    peers, weights = logits.detach() * sharpen, self._peer_weights(b)  # [M, M]
                 out.append(
                     distill_loss(
                         logits,

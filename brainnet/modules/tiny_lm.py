@@ -157,8 +157,8 @@ class TransformerBank(Bank):
         if len(sizes) == 1:
             one = {n: None if p is None else p[0] for n, p in parts.items()}
             return self._rows(one, tokens, memory, memory_mask)
-        # the module axis in chunks of c, one autograd graph: chunk i's activations are small
-        # enough to stay in cache from one op to the next
+        # the module axis in chunks of c, one autograd graph: no op streams more than a chunk's
+        # activations through memory at once
         toks = tokens.split(c)
         mems = [None] * len(toks) if memory is None else memory.split(c)
         masks = [None] * len(toks) if memory_mask is None else memory_mask.split(c)
@@ -173,8 +173,9 @@ class TransformerBank(Bank):
 
         ``self.chunk`` (from the config) when set; else the whole bank on a GPU and, on a CPU,
         as many modules as keep a chunk's widest activation (the MLP's [c, B*T, 4D]) within
-        ``CPU_CHUNK_BYTES``, so that the elementwise ops between the batched matmuls run in
-        cache instead of streaming bank-sized tensors through memory.
+        ``CPU_CHUNK_BYTES``: large enough that per-op overhead stays small, small enough that
+        no op streams a bank-sized tensor (16 MiB measured best on the 2-core benchmark
+        machine, docs/benchmarks.md; 1-2 MiB chunks were slower).
         """
         if self.chunk is not None:
             return min(M, self.chunk)
