@@ -8,12 +8,9 @@ import torch.nn.functional as F
 from bank_reference import assert_bank_matches_copies
 
 from brainnet.modules.bank import (
-    _MemoryAttention,
-    attend_with_memory,
     bank_layer_norm,
     bmm_linear,
     fold_layer_norm,
-    memory_attention,
     module_cross_entropy,
     norm_linear,
     norm_linear_parts,
@@ -124,58 +121,6 @@ def test_memory_is_read_per_position_and_stays_causal():
     t2 = tokens.clone()
     t2[:, :, -1] = (t2[:, :, -1] + 1) % V
     torch.testing.assert_close(a[:, :, :-1], bank(t2, mem).logits[:, :, :-1])
-
-
-def test_attend_with_memory_equals_per_query_softmax():
-    g = torch.Generator().manual_seed(2)
-    Z, H, T_, P_, hd = 2, 3, 5, 4, 6
-    q, k, v = (torch.randn(Z, H, T_, hd, generator=g) for _ in range(3))
-    km, vm = (torch.randn(Z, H, T_, P_, hd, generator=g) for _ in range(2))
-    mask = torch.rand(Z, H, T_, P_, generator=g) > 0.4
-    out = attend_with_memory(q, k, v, km, vm, mask, 0.0)
-    for z in range(Z):
-        for h in range(H):
-            for t in range(T_):
-                keys = torch.cat([k[z, h, : t + 1], km[z, h, t][mask[z, h, t]]])
-                vals = torch.cat([v[z, h, : t + 1], vm[z, h, t][mask[z, h, t]]])
-                w = (keys @ q[z, h, t] / hd**0.5).softmax(0)
-                torch.testing.assert_close(out[z, h, t], w @ vals, **TOL)
-
-
-@pytest.mark.parametrize("masked", [False, True])
-def test_memory_attention_equals_attend_with_memory(masked):
-    """The CPU autograd function (bank layout, hand-written backward) equals the plain
-    head-major ``attend_with_memory``: output and the gradients of q, k, v and the memory."""
-    g = torch.Generator().manual_seed(3)
-    M, B_, T_, P_, H = 2, 3, 5, 4, 3
-    D = 3 * H
-    q, k, v = (torch.randn(M, B_, T_, D, generator=g, dtype=torch.double) for _ in range(3))
-    kv = torch.randn(M, B_, T_, P_, 2 * D, generator=g, dtype=torch.double)
-    mask = None
-    if masked:
-        mask = torch.rand(M, B_, T_, P_, generator=g) > 0.5
-        mask[0, 0, 2] = False  # a position with no memory at all
-    go = torch.randn(M, B_, T_, D, generator=g, dtype=torch.double)
-    outs = []
-    for fast in (True, False):
-        xs = [t.clone().requires_grad_() for t in (q, k, v, kv)]
-        if fast:
-            out = _MemoryAttention.apply(*xs, mask, H)
-        else:
-            hd = D // H
-            q_, k_, v_ = (t.view(M * B_, T_, H, hd).transpose(1, 2) for t in xs[:3])
-            km, vm = xs[3].view(M * B_, T_, P_, 2, H, hd).permute(3, 0, 4, 1, 2, 5)
-            m = None if mask is None else mask.view(M * B_, 1, T_, P_)
-            out = attend_with_memory(q_, k_, v_, km, vm, m, 0.0)
-            out = out.transpose(1, 2).reshape(M, B_, T_, D)
-        outs.append((out, torch.autograd.grad(out, xs, go)))
-    (fast_out, fast_grads), (ref_out, ref_grads) = outs
-    torch.testing.assert_close(fast_out, ref_out)
-    for a, b in zip(fast_grads, ref_grads, strict=True):
-        torch.testing.assert_close(a, b)
-    # memory_attention picks the function on a plain CPU pass and agrees with it
-    got = memory_attention(q, k, v, kv, mask, H, 0.0)
-    torch.testing.assert_close(got, fast_out)
 
 
 def test_modules_are_initialised_differently_and_counted():

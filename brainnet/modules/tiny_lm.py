@@ -20,8 +20,8 @@ forward runs the module axis in chunks (``chunk``; automatic: ``CPU_CHUNK_BYTES`
 activation per chunk on a CPU, the whole bank on a GPU) within ONE autograd graph; each
 LayerNorm's affine is folded into the linear layer that reads it (``fold_layer_norm``: a pass
 over weights instead of two over activations); residual adds ride in the matmul
-(``baddbmm``); q, k, v come out contiguous and the memory attention has its own backward
-(``memory_attention``). Chunked and whole-bank passes agree to fp32 rounding
+(``baddbmm``); q, k, v come out contiguous and the memory is read in its own Dm-dim space
+with a hand-written backward (memory.py). Chunked and whole-bank passes agree to fp32 rounding
 (tests/test_bank.py). (Recomputing LayerNorm and GELU in the backward instead of keeping their
 outputs was measured 4-8 % slower on the 2-core benchmark machine once freed memory is reused,
 see engine/allocator.py, and was dropped.)
@@ -43,18 +43,16 @@ from brainnet.modules.bank import (
     OUTPUT_HEADS,
     Bank,
     BankOutput,
-    attend_with_memory,
-    bmm_linear,
     fold_heads,
     fold_layer_norm,
     folded_heads,
-    memory_attention,
     norm_linear,
     norm_linear_parts,
     pick,
     residual_linear,
     row_pieces,
 )
+from brainnet.modules.memory import MemoryReader, attend_with_memory, fast_memory
 from brainnet.registry import MODULE_TYPES
 
 #: on a CPU, the automatic chunk keeps one chunk's widest activation within this many bytes
@@ -205,9 +203,9 @@ class TransformerBank(Bank):
         x = w["wte"].reshape(M * V, D).index_select(0, rows).view(M, B, T, D)
         x = F.dropout(x.add_(w["wpe"][:, None, :T]), cfg.dropout, train)  # [M, B, T, D]
         mem = None
-        if memory is not None:
-            mem = bmm_linear(memory.to(x.dtype), w["mem_w"], w["mem_b"])  # [M, B, T, P, D]
-            hm = F.layer_norm(mem, (D,))  # the same normalised memory in every layer
+        if memory is not None:  # read by every layer (memory.py)
+            fast = fast_memory(x, p_drop)
+            mem = MemoryReader(memory, w["mem_w"], w["mem_b"], memory_mask, H, fast)
 
         # LN1 / LN2 affines folded into the qkv / fc weights, all layers at once ([M, L, ...]),
         # then one view per layer
@@ -223,9 +221,7 @@ class TransformerBank(Bank):
                 a = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p_drop)
                 a = a.transpose(1, 2).reshape(M, B, T, D)
             else:  # memory keys / values through this layer's LN and k, v projections
-                a_w, a_b = qkv_w[l]
-                kv = bmm_linear(hm, a_w[:, :, D:], None if a_b is None else a_b[:, D:])
-                a = memory_attention(q, k, v, kv, memory_mask, H, p_drop)  # [M, B, T, D]
+                a = mem.attend(q, k, v, *qkv_w[l], p_drop)  # [M, B, T, D]
             x = residual_linear(x, a, *proj_w[l], cfg.dropout, train)
             # MLP: [M, B, T, D] -> [M, B, T, 4D] -> GELU -> [M, B, T, D]
             h = F.gelu(norm_linear(x, *fc_w[l]))
