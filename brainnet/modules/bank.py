@@ -16,7 +16,7 @@ reach only the selected rows, the other modules' parameters are untouched.
 
 Helpers for fast CPU passes (see tiny_lm.py): ``row_pieces`` (per-chunk / per-layer views of a
 parameter whose gradients go back through one copy), ``fold_layer_norm`` (a LayerNorm's affine
-moved into the next linear layer), ``norm_linear_parts`` (q, k, v as contiguous tensors),
+moved into the next linear layer), ``norm_linear_parts`` (q, k, v from one matmul),
 ``residual_linear`` (residual add inside the matmul). Reading memory: memory.py.
 """
 
@@ -198,14 +198,9 @@ def norm_linear_parts(
     x: Tensor, w: Tensor, b: Tensor | None, parts: int, eps: float = 1e-5
 ) -> tuple[Tensor, ...]:
     """``norm_linear`` with its output columns cut into ``parts`` equal tensors (attention's
-    q, k, v). On the CPU each part is its own matmul, so each is contiguous and the memory
-    attention reads it in place; elsewhere one matmul and views."""
+    q, k, v): one matmul, the parts are views of its output."""
     h = F.layer_norm(x, x.shape[-1:], eps=eps)  # [M, ..., D]
-    if _plain(x):
-        return bmm_linear(h, w, b).chunk(parts, -1)
-    n = w.shape[-1] // parts
-    cols = [slice(i * n, (i + 1) * n) for i in range(parts)]
-    return tuple(bmm_linear(h, w[..., c], None if b is None else b[..., c]) for c in cols)
+    return bmm_linear(h, w, b).chunk(parts, -1)
 
 
 def _plain(x: Tensor) -> bool:

@@ -201,7 +201,6 @@ class _MemoryAttention(torch.autograd.Function):
         mask: Tensor | None,
         H: int,
     ) -> Tensor:
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         M, B, T, D = q.shape
         Z, P, E, hd = M * B * T, mh.shape[3], mh.shape[4], D // H
         scale = hd**-0.5

@@ -20,11 +20,13 @@ forward runs the module axis in chunks (``chunk``; automatic: ``CPU_CHUNK_BYTES`
 activation per chunk on a CPU, the whole bank on a GPU) within ONE autograd graph; each
 LayerNorm's affine is folded into the linear layer that reads it (``fold_layer_norm``: a pass
 over weights instead of two over activations); residual adds ride in the matmul
-(``baddbmm``); q, k, v come out contiguous and the memory is read in its own Dm-dim space
+(``baddbmm``); q, k, v come from one matmul and the memory is read in its own Dm-dim space
 with a hand-written backward (memory.py). Chunked and whole-bank passes agree to fp32 rounding
 (tests/test_bank.py). (Recomputing LayerNorm and GELU in the backward instead of keeping their
 outputs was measured 4-8 % slower on the 2-core benchmark machine once freed memory is reused,
-see engine/allocator.py, and was dropped.)
+see engine/allocator.py, and was dropped; so was an MLP function running 1-2 MiB groups of
+modules with the GELU recomputed in the backward: 5-10 % slower, the bank's activations are
+not DRAM-bound on that machine.)
 """
 
 from __future__ import annotations
