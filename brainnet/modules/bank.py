@@ -191,7 +191,7 @@ def residual_linear(
 def norm_linear(x: Tensor, w: Tensor, b: Tensor | None, eps: float = 1e-5) -> Tensor:
     """Per-module ``F.layer_norm(x) @ w + b`` (LayerNorm without affine: fold it into w, b with
     ``fold_layer_norm``). x [M, ..., D], w [M, D, d_out], b [M, d_out] | None."""
-    return norm_linear_parts(x, w, b, 1, eps)[0]
+    return bmm_linear(F.layer_norm(x, x.shape[-1:], eps=eps), w, b)
 
 
 def norm_linear_parts(
@@ -199,8 +199,7 @@ def norm_linear_parts(
 ) -> tuple[Tensor, ...]:
     """``norm_linear`` with its output columns cut into ``parts`` equal tensors (attention's
     q, k, v): one matmul, the parts are views of its output."""
-    h = F.layer_norm(x, x.shape[-1:], eps=eps)  # [M, ..., D]
-    return bmm_linear(h, w, b).chunk(parts, -1)
+    return norm_linear(x, w, b, eps).chunk(parts, -1)
 
 
 def _plain(x: Tensor) -> bool:
