@@ -90,6 +90,9 @@ def test_automatic_chunk_size():
     per_module = 1024 * 4 * 64 * 4  # fp32 [B*T, 4D]
     assert bank.chunk_size(64, 1024, cpu) == max(1, CPU_CHUNK_BYTES // per_module)
     assert bank.chunk_size(64, 2**20, cpu) == 1
+    # equal chunks: 21 modules fit (768 tokens), 64 runs as 4 chunks of 16, not 21, 21, 21, 1
+    assert CPU_CHUNK_BYTES // (768 * 4 * 64 * 4) == 21
+    assert bank.chunk_size(64, 768, cpu) == 16
     assert bank.chunk_size(2, 4, cpu) == 2  # never more than the modules there are
     bank.chunk = 5
     assert bank.chunk_size(64, 1024, gpu) == 5 and bank.chunk_size(3, 1024, cpu) == 3

@@ -175,14 +175,16 @@ class TransformerBank(Bank):
         as many modules as keep a chunk's widest activation (the MLP's [c, B*T, 4D]) within
         ``CPU_CHUNK_BYTES``: large enough that per-op overhead stays small, small enough that
         no op streams a bank-sized tensor (16 MiB measured best on the 2-core benchmark
-        machine, docs/benchmarks.md; 1-2 MiB chunks were slower).
+        machine, docs/benchmarks.md; 1-2 MiB chunks were slower), the same number of chunks
+        of equal size.
         """
         if self.chunk is not None:
             return min(M, self.chunk)
         if device.type != "cpu":
             return M
         per_module = tokens * 4 * self.cfg.d_model * 4  # fp32 bytes of [B*T, 4D]
-        return max(1, min(M, CPU_CHUNK_BYTES // per_module))
+        c = max(1, min(M, CPU_CHUNK_BYTES // per_module))
+        return math.ceil(M / math.ceil(M / c))  # balanced: 64 as 4 x 16, not 3 x 21 + 1
 
     def _rows(
         self,
