@@ -25,7 +25,7 @@ paths compute the same numbers:
   joined to the memory through their log-sum-exp (``_MemoryAttention``, hand-written backward).
   Where the generic path projects B·T·P rows to 2D in every layer, this one projects B·T rows
   to H·E. For the benchmark's brain modules (2 layers, D = 64, Dm = 32, P = 5; 8 modules, 12
-  sequences) a forward + backward with memory went from 2.2-2.4x to 1.55-1.7x the cost of one
+  sequences) a forward + backward with memory went from 2.2-2.4x to 1.4-1.6x the cost of one
   without (2-core CPU, docs/benchmarks.md).
 """
 
