@@ -79,6 +79,19 @@ def test_chunked_forward_equals_whole_bank(bias, with_memory, subset):
             assert g_chunked[name][3].abs().max() == 0, name  # module 3 was not selected
 
 
+def test_chunks_are_as_equal_as_possible(monkeypatch):
+    """At most ``chunk`` modules per chunk, sizes differing by at most one (10 at 3: 3, 3, 2, 2,
+    not 3, 3, 3, 1); the chunked pass still equals the whole one."""
+    bank = make_bank(M=10)
+    tokens = torch.randint(0, V, (10, B, T), generator=torch.Generator().manual_seed(1))
+    whole = bank(tokens).logits
+    seen, rows = [], bank._rows
+    monkeypatch.setattr(bank, "_rows", lambda w, t, *a: seen.append(t.shape[0]) or rows(w, t, *a))
+    bank.chunk = 3
+    torch.testing.assert_close(bank(tokens).logits, whole, atol=1e-6, rtol=1e-6)
+    assert seen == [3, 3, 2, 2]
+
+
 def test_automatic_chunk_size():
     """Automatic: the whole bank on a GPU; on a CPU about CPU_CHUNK_BYTES of MLP activation per
     chunk, at least one module; an explicit ``chunk`` (config or attribute) wins."""
@@ -90,9 +103,7 @@ def test_automatic_chunk_size():
     per_module = 1024 * 4 * 64 * 4  # fp32 [B*T, 4D]
     assert bank.chunk_size(64, 1024, cpu) == max(1, CPU_CHUNK_BYTES // per_module)
     assert bank.chunk_size(64, 2**20, cpu) == 1
-    # equal chunks: 21 modules fit (768 tokens), 64 runs as 4 chunks of 16, not 21, 21, 21, 1
-    assert CPU_CHUNK_BYTES // (768 * 4 * 64 * 4) == 21
-    assert bank.chunk_size(64, 768, cpu) == 16
+    assert bank.chunk_size(64, 768, cpu) == CPU_CHUNK_BYTES // (768 * 4 * 64 * 4) == 21
     assert bank.chunk_size(2, 4, cpu) == 2  # never more than the modules there are
     bank.chunk = 5
     assert bank.chunk_size(64, 1024, gpu) == 5 and bank.chunk_size(3, 1024, cpu) == 3
@@ -243,3 +254,41 @@ def test_bank_trains_under_dropout_and_cpu_autocast():
         module_cross_entropy(out.logits, tokens).sum().backward()
     torch.testing.assert_close(out.logits.float(), ref, atol=0.05, rtol=0.05)
     assert bank.wte.grad is not None and torch.isfinite(bank.wte.grad).all()
+
+
+def test_bank_memory_paths_agree(monkeypatch):
+    """The CPU memory read and the generic one (what a GPU, autocast or dropout uses) give the
+    bank the same logits and gradients; attention dropout with memory trains (generic path)."""
+    import brainnet.modules.tiny_lm as tiny_lm
+
+    bank = make_bank(M=4, chunk=3)
+    g = torch.Generator().manual_seed(7)
+    tokens = torch.randint(0, V, (4, B, T), generator=g)
+    memory = torch.randn(4, B, T, P, DM, generator=g)
+    mask = torch.rand(4, B, T, P, generator=g) > 0.3
+    results = []
+    for generic in (False, True):
+        if generic:
+            monkeypatch.setattr(tiny_lm, "fast_memory", lambda x, p: False)
+        bank.zero_grad()
+        out = bank(tokens, memory, mask)
+        loss = module_cross_entropy(out.logits, tokens).sum()
+        (loss + out.message.square().mean() + out.salience.mean()).backward()
+        results.append(
+            (out.logits.detach(), {n: p.grad.clone() for n, p in bank.named_parameters()})
+        )
+    (fast, fast_grads), (generic, generic_grads) = results
+    torch.testing.assert_close(fast, generic, **TOL)
+    for name, grad in fast_grads.items():
+        torch.testing.assert_close(grad, generic_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+    monkeypatch.undo()
+    dropped = make_bank(M=2, dropout=0.2)  # training with attention dropout: the generic path
+    out = dropped(tokens[:2], memory[:2], mask[:2])
+    module_cross_entropy(out.logits, tokens[:2]).sum().backward()
+    assert torch.isfinite(dropped.mem_w.grad).all() and dropped.mem_w.grad.abs().sum() > 0
+    bank.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast: the generic path too
+        out = bank(tokens, memory, mask)
+        module_cross_entropy(out.logits, tokens).sum().backward()
+    torch.testing.assert_close(out.logits.float(), fast, atol=0.05, rtol=0.05)
+    assert torch.isfinite(bank.mem_w.grad).all() and bank.mem_w.grad.abs().sum() > 0

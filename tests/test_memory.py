@@ -51,16 +51,24 @@ def test_normalized_memory_is_layer_norm_of_the_projection(bias):
 
 
 def _layer_inputs(M, B, T, P, D, Dm, bias, g):
-    """q, k, v, memory and the weights of one layer (fp64, requiring grad)."""
+    """The q | k | v projection, memory and weights of one layer (fp64, requiring grad)."""
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.double)  # noqa: E731
-    xs = {n: r(M, B, T, D) for n in "qkv"}
-    xs |= {"memory": r(M, B, T, P, Dm), "mem_w": r(M, Dm, D) / Dm**0.5, "a_w": r(M, D, 3 * D)}
+    xs = {"qkv": r(M, B, T, 3 * D), "memory": r(M, B, T, P, Dm), "mem_w": r(M, Dm, D) / Dm**0.5}
+    xs["a_w"] = r(M, D, 3 * D)
     if bias:
         xs |= {"mem_b": r(M, D), "a_b": r(M, 3 * D)}
     return {n: t.requires_grad_() for n, t in xs.items()}
 
 
-@pytest.mark.parametrize("bias,masked", [(True, True), (True, False), (False, True)])
+def _read(xs, mask, H, fast):
+    """One layer's memory read, q, k, v as the strided views the bank hands over."""
+    q, k, v = xs["qkv"].chunk(3, -1)
+    reader = MemoryReader(xs["memory"], xs["mem_w"], xs.get("mem_b"), mask, H, fast)
+    return reader.attend(q, k, v, xs["a_w"], xs.get("a_b"), 0.0)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("masked", [True, False])
 def test_cpu_memory_read_equals_generic_path(bias, masked):
     """The CPU path (``fast``) and the generic one (per-slot keys / values, ``attend_with_memory``)
     give the same output and the same gradients for q, k, v, the memory and every weight."""
@@ -76,8 +84,7 @@ def test_cpu_memory_read_equals_generic_path(bias, masked):
     go = torch.randn(M, B, T, D, generator=g, dtype=torch.double)
     outs = []
     for fast in (True, False):
-        reader = MemoryReader(xs["memory"], xs["mem_w"], xs.get("mem_b"), mask, H, fast)
-        out = reader.attend(xs["q"], xs["k"], xs["v"], xs["a_w"], xs.get("a_b"), 0.0)
+        out = _read(xs, mask, H, fast)
         outs.append((out, torch.autograd.grad(out, list(xs.values()), go)))
     (fast_out, fast_grads), (ref_out, ref_grads) = outs
     torch.testing.assert_close(fast_out, ref_out)
@@ -86,15 +93,24 @@ def test_cpu_memory_read_equals_generic_path(bias, masked):
 
 
 def test_memory_read_with_all_slots_empty_is_plain_causal_attention():
+    """No slot to read: the output and the q, k, v gradients are plain causal attention's, and
+    the memory and its weights get exactly zero gradient."""
     g = torch.Generator().manual_seed(5)
     M, B, T, P, H, Dm, D = 2, 2, 5, 3, 2, 4, 8
     xs = _layer_inputs(M, B, T, P, D, Dm, True, g)
     none = torch.zeros(M, B, T, P, dtype=torch.bool)
-    reader = MemoryReader(xs["memory"], xs["mem_w"], xs["mem_b"], none, H, fast=True)
-    out = reader.attend(xs["q"], xs["k"], xs["v"], xs["a_w"], xs["a_b"], 0.0)
-    q, k, v = (xs[n].view(M * B, T, H, D // H).transpose(1, 2) for n in "qkv")
+    go = torch.randn(M, B, T, D, generator=g, dtype=torch.double)
+    out = _read(xs, none, H, fast=True)
+    grads = dict(zip(xs, torch.autograd.grad(out, list(xs.values()), go), strict=True))
+    qkv = xs["qkv"].detach().requires_grad_()
+    q, k, v = (t.reshape(M * B, T, H, D // H).transpose(1, 2) for t in qkv.chunk(3, -1))
     want = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    torch.testing.assert_close(out, want.transpose(1, 2).reshape(M, B, T, D))
+    want = want.transpose(1, 2).reshape(M, B, T, D)
+    torch.testing.assert_close(out, want)
+    torch.testing.assert_close(grads["qkv"], torch.autograd.grad(want, qkv, go)[0])
+    for name in ("memory", "mem_w", "mem_b", "a_b"):
+        assert grads[name].abs().max() == 0, name
+    assert grads["a_w"][:, :, D:].abs().max() == 0  # the k, v weights saw no memory key / value
 
 
 def test_fast_path_only_on_a_plain_cpu_pass():

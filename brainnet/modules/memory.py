@@ -16,15 +16,16 @@ paths compute the same numbers:
   values ``[M, B, T, P, 2D]`` and ``attend_with_memory`` runs head-major.
 - **CPU**: nothing per slot is ever projected to width D. LayerNorm's centring is linear, so
   ``LN(m @ W + b) = r · ([m, 1] @ Wc)`` with ``Wc = [W; b]`` minus each row's mean and ``r`` the
-  reciprocal standard deviation, itself a quadratic form in ``[m, 1]`` (``wc wc^T``, Dm+1
-  square). With ``mh = [r·m, r, 1]`` (``E = Dm + 2`` numbers per slot, shared by every layer):
-  ``k_p = mh_p @ Ak`` and ``v_p = mh_p @ Av`` (``A = [[Wc @ W_kv], [b_kv]]``, [E, 2D]). A
-  query meets the keys through ``q_h · k_{p,h} = (q_h @ Ak_h^T) · mh_p`` and the values leave
-  through ``Σ_p a_p v_{p,h} = (Σ_p a_p mh_p) @ Av_h``: per position, tiny [H, E] x [E, P]
-  matmuls batched over all B·T·M positions, and the causal part on PyTorch's CPU flash kernels,
-  joined to the memory through their log-sum-exp (``_MemoryAttention``, hand-written backward).
-  Where the generic path projects B·T·P rows to 2D in every layer, this one projects B·T rows
-  to H·E. For the benchmark's brain modules (2 layers, D = 64, Dm = 32, P = 5; 8 modules, 12
+  reciprocal standard deviation, whose variance is a quadratic form in ``[m, 1]`` (the Gram
+  matrix ``wc wc^T``, Dm+1 square). With ``mh = [r·m, r, 1]`` (``E = Dm + 2`` numbers per
+  slot, shared by every layer) the keys and values are ``mh_p @ Ak`` and ``mh_p @ Av``
+  (``A = [Wc @ W_kv; b_kv]``, [E, 2D]). A query meets the keys through
+  ``q_h · k_{p,h} = (q_h @ Ak_h^T) · mh_p`` and the values leave through
+  ``Σ_p a_p v_{p,h} = (Σ_p a_p mh_p) @ Av_h``: per position, tiny [H, E] x [E, P] matmuls
+  batched over all B·T·M positions, and the causal part on PyTorch's CPU flash kernels, joined
+  to the memory through their log-sum-exp (``_MemoryAttention``, hand-written backward). Where
+  the generic path projects B·T·P rows to 2D in every layer, this one projects B·T rows to H·E.
+  For the benchmark's brain modules (2 layers, D = 64, Dm = 32, P = 5; 8 modules, 12
   sequences) a forward + backward with memory went from 2.2-2.4x to 1.4-1.6x the cost of one
   without (2-core CPU, docs/benchmarks.md).
 """
@@ -36,6 +37,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from brainnet.modules.bank import _plain, bmm_linear
 
@@ -112,6 +114,7 @@ class MemoryReader:
         layer's q | k | v projection (its LN1 affine folded in) -> [M, B, T, D]."""
         D, H = q.shape[-1], self.n_head
         if self.fast:
+            assert dropout_p == 0, "the CPU memory read has no attention dropout (fast_memory)"
             wk, wv = memory_projections(self.wc, a_w, a_b, H)
             M, B, T, _ = q.shape
             qh = torch.bmm(q.reshape(M, B * T, D), wk).view(M, B, T, H, -1)  # [M, B, T, H, E]
@@ -123,7 +126,7 @@ class MemoryReader:
 def fast_memory(x: Tensor, dropout_p: float) -> bool:
     """The CPU path applies: a CPU tensor outside autocast, no attention dropout, and PyTorch
     has the CPU flash kernels (a private op, checked on torch 2.13)."""
-    return not _plain(x) and dropout_p == 0 and _FLASH is not None
+    return not _plain(x) and dropout_p == 0 and None not in (_FLASH, _FLASH_BACKWARD)
 
 
 def normalized_memory(
@@ -136,7 +139,12 @@ def normalized_memory(
     affine): wc is ``[mem_w; mem_b]`` minus each row's mean (LN's centring, done on the
     weights), ``mh = [r·memory, r, 1]`` with r = 1 / sqrt(var + eps), var = |[m, 1] @ wc|² / D
     computed as a quadratic form with the (Dm+1)² Gram matrix. The last column, 1, carries the
-    key / value biases (``memory_projections``)."""
+    key / value biases (``memory_projections``).
+
+    Precision: the quadratic form's fp32 rounding grows with (|[m, 1]| · |wc|)² / var, the square
+    of what ``F.layer_norm`` sees; with memory vectors of order 1 it agrees with ``F.layer_norm``
+    to about 1e-6, but a memory whose projection nearly cancels its bias (var tiny against
+    |m|² |wc|²) loses digits. The generic path (``fast=False``) materialises the projection."""
     M, Dm, D = mem_w.shape
     b = mem_w.new_zeros(M, D) if mem_b is None else mem_b
     wt = torch.cat([mem_w, b.unsqueeze(1)], 1)  # [M, Dm+1, D]: the bias as one more input row
@@ -221,6 +229,7 @@ class _MemoryAttention(torch.autograd.Function):
         return out.view(M, B, T, D)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
         q, k, v, qh, mh, wv, out, L, p, u = ctx.saved_tensors
         H = ctx.H
@@ -239,7 +248,7 @@ class _MemoryAttention(torch.autograd.Function):
             *_head_major(g, q, k, v, out.view(M, B, T, D), H=H), L_z, 0.0, True, scale=scale
         )
         # [Z, P, E] via the scores and via the values, one matmul with a contraction of 2H
-        # (two with a contraction of H were 4x slower: too small for the batched GEMM)
+        # (two with a contraction of H were 4.7x slower: too small for the batched GEMM)
         gmh = torch.bmm(torch.cat([gs, p], 1).transpose(1, 2), torch.cat([qh.view(Z, H, E), gu], 1))
         gqh = torch.bmm(gs, mz)  # [Z, H, E]
         bank = lambda t: t.transpose(1, 2).reshape(M, B, T, D)  # noqa: E731  head-major -> bank

@@ -147,7 +147,8 @@ class TransformerBank(Bank):
             raise ValueError(f"sequence length {T} > block_size {self.block_size}")
         w = {name: pick(getattr(self, name), idx) for name in self.param_names}  # each [M, ...]
         c = self.chunk_size(M, B * T, tokens.device)
-        sizes = [c] * (M // c) + ([M % c] if M % c else [])
+        n_chunks = math.ceil(M / c)  # at most c modules each, as equal as possible: 10/3 -> 3,3,2,2
+        sizes = [M // n_chunks + (i < M % n_chunks) for i in range(n_chunks)]
         w.update(fold_heads(w))  # once for the whole bank (weights only)
         # each chunk's rows of every parameter (the un-folded layered ones: of each layer), as
         # views whose gradients go back through ONE copy into the parameter's gradient
@@ -157,11 +158,11 @@ class TransformerBank(Bank):
         if len(sizes) == 1:
             one = {n: None if p is None else p[0] for n, p in parts.items()}
             return self._rows(one, tokens, memory, memory_mask)
-        # the module axis in chunks of c, one autograd graph: no op streams more than a chunk's
+        # the module axis in chunks, one autograd graph: no op streams more than a chunk's
         # activations through memory at once
-        toks = tokens.split(c)
-        mems = [None] * len(toks) if memory is None else memory.split(c)
-        masks = [None] * len(toks) if memory_mask is None else memory_mask.split(c)
+        toks = tokens.split(sizes)
+        mems = [None] * len(toks) if memory is None else memory.split(sizes)
+        masks = [None] * len(toks) if memory_mask is None else memory_mask.split(sizes)
         outs = [
             self._rows({n: None if p is None else p[i] for n, p in parts.items()}, *args)
             for i, args in enumerate(zip(toks, mems, masks, strict=True))
@@ -175,16 +176,16 @@ class TransformerBank(Bank):
         as many modules as keep a chunk's widest activation (the MLP's [c, B*T, 4D]) within
         ``CPU_CHUNK_BYTES``: large enough that per-op overhead stays small, small enough that
         no op streams a bank-sized tensor (16 MiB measured best on the 2-core benchmark
-        machine, docs/benchmarks.md; 1-2 MiB chunks were slower), the same number of chunks
-        of equal size.
+        machine, docs/benchmarks.md; 1-2 MiB chunks were slower). ``forward`` cuts the bank
+        into as few chunks of at most this many modules as it can, of sizes that differ by at
+        most one (64 modules at 21 per chunk: 16, 16, 16, 16, not 21, 21, 21, 1).
         """
         if self.chunk is not None:
             return min(M, self.chunk)
         if device.type != "cpu":
             return M
         per_module = tokens * 4 * self.cfg.d_model * 4  # fp32 bytes of [B*T, 4D]
-        c = max(1, min(M, CPU_CHUNK_BYTES // per_module))
-        return math.ceil(M / math.ceil(M / c))  # balanced: 64 as 4 x 16, not 3 x 21 + 1
+        return max(1, min(M, CPU_CHUNK_BYTES // per_module))
 
     def _rows(
         self,
