@@ -83,6 +83,11 @@ class _Wave:
     any_memory: bool
     in_wave: Tensor  # [C] bool
 
+    def all_alone(self, n_clusters: int) -> bool:
+        """Every cluster fires in this wave and none reads memory: each module's prediction is
+        its own, alone (what consolidation distils)."""
+        return len(self.clusters) == n_clusters and not self.any_memory
+
 
 class Society(nn.Module):
     """All modules of a scenario, wired as ``scenario.society`` says."""
@@ -150,8 +155,7 @@ class Society(nn.Module):
     def first_alone(self, rounds: int, cap: int) -> bool:
         """Whether the first wave of the plan holds every cluster and reads no memory: then
         each module's first prediction is its own, alone (what consolidation distils)."""
-        first = self.plan(rounds, cap)[1][0]
-        return len(first.clusters) == self.topology.n_clusters and not first.any_memory
+        return self.plan(rounds, cap)[1][0].all_alone(self.topology.n_clusters)
 
     def _wave_tensors(self, plan: Plan) -> list[_Wave]:
         topo, dev = self.topology, self.adjacency.device
@@ -245,7 +249,7 @@ class Society(nn.Module):
                 new_logits, new_msg, new_sal = self._run_banks(wave, toks, memory, mask)
             else:
                 new_logits, new_msg, new_sal = self._run_banks_padded(wave, toks, memory, mask)
-            if i == 0 and len(wave.clusters) == C and not wave.any_memory:
+            if i == 0 and wave.all_alone(C):
                 first = new_logits  # [C, n, cap, T, V] every module alone (first_alone)
             logits = _update(logits, W, new_logits, C)
             msgs = _update(msgs, W, new_msg, C)
