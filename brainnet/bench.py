@@ -588,7 +588,7 @@ def brain_workload(s: Setting) -> Workload:
 
     return Workload(
         step=step,
-        module_tokens=int(sim._module_tokens(B * T)),  # the Simulation's count: rounds, capacity
+        module_tokens=int(sim.module_tokens_per_step()),  # the Simulation's count: rounds, capacity
         corpus_tokens=B * T,
         params=sim.banks[0].num_params_per_module(non_embedding=True),
         start=lambda: [t.clear() for t in times.values()],
@@ -677,7 +677,7 @@ def _reorganize_point(s: Setting, opts: BenchOptions) -> dict[str, Any]:
         sim = Simulation(load_scenario(over), out_dir=tmp)
         for _ in range(max(1, opts.warmup)):
             sim.train_step()
-        sim._open_writer()
+        sim.open_run()
         logits = sim.standalone_logits(sim.probe)
         n_before, c_before = sim.n_modules, sim.society.topology.n_clusters
         _sync(s.device)

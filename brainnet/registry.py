@@ -1,5 +1,5 @@
-"""One registry helper for everything pluggable: module types, corpora, and (later) losses,
-topologies and reorganisation actions.
+"""One registry helper for everything pluggable: module types, corpora, topologies and
+reorganisation actions.
 
 A registry maps a name to an object. Registering a name twice raises (torchdistill's silent
 overwrite is the bug we avoid). Built-ins are imported lazily on first lookup, and third-party
@@ -46,7 +46,7 @@ class Registry(Generic[T]):
         self.kind = kind
         self._builtins = builtins
         self._group = entry_point_group
-        self._check = check
+        self.check = check  # set by the package that defines the interface (e.g. modules)
         self._entries: dict[str, T] = {}
         self._loaded = False
 
@@ -62,10 +62,10 @@ class Registry(Generic[T]):
     def add(self, name: str, obj: T) -> None:
         if name in self._entries:
             raise RegistryError(
-                f"{self.kind} {name!r} is already registered (by {_where(self._entries[name])})"
+                f"{self.kind} {name!r} is already registered (by {where(self._entries[name])})"
             )
-        if self._check is not None:
-            self._check(name, obj)
+        if self.check is not None:
+            self.check(name, obj)
         self._entries[name] = obj
 
     def remove(self, name: str) -> None:
@@ -112,29 +112,9 @@ class Registry(Generic[T]):
                 self.add(ep.name, obj)
 
 
-def _where(obj: Any) -> str:
+def where(obj: Any) -> str:
+    """module.qualname of an object, for error messages."""
     return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
-
-
-def _check_module_type(name: str, obj: Any) -> None:
-    from brainnet.config import ModuleConfig
-    from brainnet.modules.bank import Bank
-
-    if not (isinstance(obj, type) and issubclass(obj, Bank)):
-        raise RegistryError(
-            f"module type {name!r}: {_where(obj)} must be a subclass of brainnet.Bank"
-        )
-    cfg = getattr(obj, "Config", None)
-    if not (isinstance(cfg, type) and issubclass(cfg, ModuleConfig)):
-        raise RegistryError(
-            f"module type {name!r}: {_where(obj)}.Config must subclass brainnet.ModuleConfig"
-        )
-    declared = cfg.model_fields["type"].default
-    if declared != name:
-        raise RegistryError(
-            f"module type {name!r}: {_where(cfg)}.type defaults to {declared!r}; "
-            f"it must be {name!r} (the registered name)"
-        )
 
 
 def _check_corpus(name: str, obj: Any) -> None:
@@ -142,15 +122,15 @@ def _check_corpus(name: str, obj: Any) -> None:
 
     cfg = getattr(obj, "Config", None)
     if not (isinstance(cfg, type) and issubclass(cfg, BaseModel)) or not hasattr(obj, "build"):
-        raise RegistryError(f"corpus {name!r}: {_where(obj)} needs a pydantic Config and build()")
+        raise RegistryError(f"corpus {name!r}: {where(obj)} needs a pydantic Config and build()")
 
 
-#: Module types (banks). Built-ins live in brainnet.modules; plugins use the entry-point group.
+#: Module types (banks). Built-ins live in brainnet.modules, which also sets the check (a
+#: subclass of Bank with a ModuleConfig); plugins use the entry-point group.
 MODULE_TYPES: Registry[Any] = Registry(
     "module type",
     builtins="brainnet.modules",
     entry_point_group="brainnet.modules",
-    check=_check_module_type,
 )
 #: Corpora: built-ins live in brainnet.data.
 CORPORA: Registry[Any] = Registry(
@@ -158,4 +138,14 @@ CORPORA: Registry[Any] = Registry(
     builtins="brainnet.data",
     entry_point_group="brainnet.corpora",
     check=_check_corpus,
+)
+#: Topology kinds (``society.topology``): built-ins live in brainnet.society.topology.
+TOPOLOGIES: Registry[Any] = Registry(
+    "topology", builtins="brainnet.society.topology", entry_point_group="brainnet.topologies"
+)
+#: Reorganisation actions (``reorganize.actions``): built-ins live in brainnet.learning.actions.
+ACTIONS: Registry[Any] = Registry(
+    "reorganisation action",
+    builtins="brainnet.learning.actions",
+    entry_point_group="brainnet.actions",
 )

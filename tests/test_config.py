@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from brainnet.config import Scenario, ScenarioError, builtin_scenarios, load_scenario
+from brainnet.modules.bank import check_module_type
 from brainnet.modules.tiny_lm import TransformerConfig
 from brainnet.registry import MODULE_TYPES, Registry, RegistryError
 
@@ -146,7 +147,7 @@ def test_entry_point_plugins_are_loaded_and_checked(monkeypatch):
             "module type",
             builtins="brainnet.modules",
             entry_point_group="brainnet.modules",
-            check=registry._check_module_type,
+            check=check_module_type,
         )
 
     reg = fresh([FakeEntryPoint("plugin_lm", PluginBank)])

@@ -17,7 +17,7 @@ import yaml
 
 import brainnet
 import brainnet.registry as registry
-from brainnet.modules.bank import Bank
+from brainnet.modules.bank import Bank, check_module_type
 from brainnet.registry import MODULE_TYPES, Registry, RegistryError
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "extending.md"
@@ -202,7 +202,7 @@ def test_registry_errors_are_the_documented_ones(plugin):
     assert str(e.value) == shown[0]
     assert MODULE_TYPES.get(NAME) is plugin.BigramBank  # the first registration stands
 
-    checked = Registry("module type", check=registry._check_module_type)
+    checked = Registry("module type", check=check_module_type)
     not_a_bank = type("NotABank", (), {"__module__": "my_bigram"})
     with pytest.raises(RegistryError) as e:
         checked.add(NAME, not_a_bank)
@@ -231,6 +231,6 @@ def test_entry_point_plugin_is_listed(plugin, monkeypatch):
         "module type",
         builtins="brainnet.modules",
         entry_point_group="brainnet.modules",
-        check=registry._check_module_type,
+        check=check_module_type,
     )
     assert NAME in reg.names() and reg.get(NAME) is plugin.BigramBank

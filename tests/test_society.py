@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 import brainnet
 from brainnet.data import build_corpus
-from brainnet.engine.clock import plan_step
 from brainnet.society import Knobs, Society, build_topology
+from brainnet.society.clock import plan_step
 from brainnet.society.cluster import (
     aggregate_mates,
     cluster_log_probs,

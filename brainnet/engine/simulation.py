@@ -23,10 +23,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from brainnet.checkpoint import load_checkpoint, save_checkpoint
 from brainnet.config import Scenario, ScenarioError, load_scenario
 from brainnet.data import Batch, build_corpus
 from brainnet.engine.allocator import keep_freed_memory
-from brainnet.engine.checkpoint import load_checkpoint, save_checkpoint
+from brainnet.engine.precision import autocast, autocast_dtype
 from brainnet.engine.optim import build_optimizer, clip_module, clip_per_module, lr_at
 from brainnet.learning.actions import ACTIONS, Evidence, Limits
 from brainnet.learning.collapse import CollapseMonitor, cluster_probs, diagnose, peer_disagreement
@@ -93,8 +94,7 @@ class Simulation:
         self.device = resolve_device(sc.device)
         if self.device.type == "cpu":
             keep_freed_memory()  # reuse freed activations instead of page-faulting new ones
-        bf16 = sc.precision == "bf16" or (sc.precision == "auto" and self.device.type == "cuda")
-        self.autocast_dtype = torch.bfloat16 if bf16 else None
+        self.autocast_dtype = autocast_dtype(sc.precision, self.device)
         self.corpus = build_corpus(sc.corpus, sc.seed)
         V, T = self.corpus.vocab_size, self.corpus.block_size
         self.society: Society | None = None
@@ -120,6 +120,9 @@ class Simulation:
         self._pending: tuple | None = None  # an emergence event's reorganisation, due
         self._warmup_replaced: list[Tensor] = []  # [M] per bank, this step's correction
         self.step = 0
+        #: ``timer(phase)`` -> a context manager around a phase of ``train_step`` (phases:
+        #: "teacher_update"); the bench times phases with it, the default does nothing
+        self.timer: Callable[[str], contextlib.AbstractContextManager] = _no_timer
         # data sampling has its own RNG stream: model-side randomness never shifts the batches
         self.data_rng = torch.Generator().manual_seed(sc.seed + 1)
         val_rng = torch.Generator().manual_seed(sc.seed + 2)
@@ -330,9 +333,7 @@ class Simulation:
         )
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+        return autocast(self.device, self.autocast_dtype)
 
     def train_step(self) -> dict[str, Tensor]:
         """One optimiser step. Returns device tensors (no host sync): task loss [], module CE
@@ -365,7 +366,8 @@ class Simulation:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.teacher is not None:
-            self.teacher.update(self.step)
+            with self.timer("teacher_update"):
+                self.teacher.update(self.step)
         if self.arousal is not None:
             probs = stats.get("router_probs")
             self.arousal.update(
@@ -405,7 +407,7 @@ class Simulation:
         sc, cfg = self.scenario, self.scenario.train
         end = min(cfg.steps, self.step + steps) if steps is not None else cfg.steps
         callbacks = list(callbacks)
-        w = self._open_writer()
+        w = self.open_run()
         tokens_per_step = cfg.batch_size * self.corpus.block_size
         if self.step == 0:
             self._log(w, {"step": 0, "lr": 0.0}, None, self._eval_host(), callbacks)
@@ -425,7 +427,7 @@ class Simulation:
                         "step": step,
                         "lr": lr_at(step - 1, cfg),
                         "tokens_per_s": acc.n * tokens_per_step / dt,
-                        "module_tokens_per_s": acc.n * self._module_tokens(tokens_per_step) / dt,
+                        "module_tokens_per_s": acc.n * self.module_tokens_per_step() / dt,
                     }
                     probes, module_probes = self._learning_probes(step, w)
                     row.update(probes)
@@ -629,8 +631,10 @@ class Simulation:
         task, module = self.evaluate()
         return {"val_loss": task.float().item(), "module_val_loss": module.float().cpu()}
 
-    def _module_tokens(self, tokens_per_step: int) -> float:
-        """Module-token passes per step: a token processed by one module in one round."""
+    def module_tokens_per_step(self) -> float:
+        """Module-token passes per step at the current knobs: a token processed by one module
+        in one round (what throughput and MFU count)."""
+        tokens_per_step = self.scenario.train.batch_size * self.corpus.block_size
         if self.society is None:
             return tokens_per_step * self.n_modules
         soc, B = self.society, self.scenario.train.batch_size
@@ -667,7 +671,7 @@ class Simulation:
             "wall_s": round(wall_s, 3),
         }
 
-    def _open_writer(self) -> RunWriter:
+    def open_run(self) -> RunWriter:
         if self.writer is None:
             sc = self.scenario
             self.writer = w = RunWriter(self.out_dir, sc.name)
@@ -843,6 +847,10 @@ class Simulation:
         sim = cls(load_scenario(_yaml_dict(state["scenario"])), out_dir=out_dir)
         sim.load_state_dict(state)
         return sim
+
+
+def _no_timer(phase: str) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext()
 
 
 def _yaml_dict(text: str) -> dict[str, Any]:

@@ -30,6 +30,7 @@ import torch
 import yaml
 from torch import Tensor
 
+from brainnet.checkpoint import CheckpointError, load_checkpoint
 from brainnet.config import ScenarioError, load_scenario
 from brainnet.data import Corpus, build_corpus
 from brainnet.modules import build_bank
@@ -67,9 +68,6 @@ class FrozenTeacher:
         """Load the modules of the run at ``path`` (run directory or checkpoint file) as a
         teacher for students trained on ``corpus``. Problems raise a one-line ScenarioError
         that names ``distill.teacher_run``, the path and what is allowed."""
-        # imported here: the engine package imports the learning package
-        from brainnet.engine.checkpoint import CheckpointError, load_checkpoint
-
         shown = f"{FIELD} = {str(path)!r}"
         try:
             state = load_checkpoint(path)

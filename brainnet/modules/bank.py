@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from brainnet.config import ModuleConfig
+from brainnet.registry import MODULE_TYPES, RegistryError, where
 
 
 class BankOutput(NamedTuple):
@@ -291,3 +292,27 @@ def module_mean(x: Tensor, rows: Tensor | None = None) -> Tensor:
         return x.reshape(M, -1).mean(1)
     w = rows.to(x.dtype)
     return (x.reshape(*rows.shape, -1).mean(2) * w).sum(1) / w.sum(1).clamp(min=1)
+
+
+def check_module_type(name: str, obj: Any) -> None:
+    """What a module type must be to register: a Bank subclass whose ``Config`` subclasses
+    ModuleConfig with ``type`` defaulting to the registered name (plugins are checked too)."""
+    if not (isinstance(obj, type) and issubclass(obj, Bank)):
+        raise RegistryError(
+            f"module type {name!r}: {where(obj)} must be a subclass of brainnet.Bank"
+        )
+    cfg = getattr(obj, "Config", None)
+    if not (isinstance(cfg, type) and issubclass(cfg, ModuleConfig)):
+        raise RegistryError(
+            f"module type {name!r}: {where(obj)}.Config must subclass brainnet.ModuleConfig"
+        )
+    declared = cfg.model_fields["type"].default
+    if declared != name:
+        raise RegistryError(
+            f"module type {name!r}: {where(cfg)}.type defaults to {declared!r}; "
+            f"it must be {name!r} (the registered name)"
+        )
+
+
+# every module type's file imports this one, so the check is in place before any registers
+MODULE_TYPES.check = check_module_type

@@ -29,9 +29,9 @@ from torch import Tensor, nn
 
 from brainnet.config import Scenario
 from brainnet.data import Batch
-from brainnet.engine.clock import Plan, plan_step
 from brainnet.modules import build_bank
 from brainnet.society import blackboard as board_ops
+from brainnet.society.clock import Plan, plan_step
 from brainnet.society.cluster import (
     aggregate_mates,
     cluster_log_probs,
