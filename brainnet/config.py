@@ -20,27 +20,38 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SerializeAsAny,
     ValidationError,
+    ValidationInfo,
     WrapValidator,
+    field_validator,
     model_validator,
 )
 
-from brainnet.registry import CORPORA, MODULE_TYPES, Registry, RegistryError
-
-
-class ScenarioError(ValueError):
-    """A scenario, override or input file is invalid. ``problems`` holds one line per problem."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(problems))
+from brainnet.config_errors import (
+    Problems,
+    ScenarioError,
+    Unknown,
+    apply_override,
+    check,
+    field_error,
+    format_error,
+    parse_sets,
+    parse_yaml,
+    problem,
+    run_checks,
+    skipped_problems,
+)
+from brainnet.registry import ACTIONS, CORPORA, MODULE_TYPES, TOPOLOGIES, Registry
 
 
 class Strict(BaseModel):
-    """Base of every config section: unknown keys are errors, assignments are validated."""
+    """Base of every config section: unknown keys are errors, assignments are validated, and
+    the section's ``@check`` methods run once its fields validate (all their problems at once).
+    """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
@@ -51,17 +62,13 @@ class Strict(BaseModel):
         # list the fields this section allows (pydantic's own message does not).
         if isinstance(data, dict) and any(k not in cls.model_fields for k in data):
             allowed = ", ".join(sorted(cls.model_fields))
-            data = {
-                k: v if k in cls.model_fields else _Unknown(v, allowed) for k, v in data.items()
-            }
+            data = {k: v if k in cls.model_fields else Unknown(v, allowed) for k, v in data.items()}
         return data
 
-
-class _Unknown:
-    """The value of an unknown key, with the names its section allows."""
-
-    def __init__(self, value: Any, allowed: str) -> None:
-        self.value, self.allowed = value, allowed
+    @model_validator(mode="after")
+    def _run_checks(self) -> Any:
+        run_checks(self)
+        return self
 
 
 # --------------------------------------------------------------------------- pluggable sections
@@ -84,6 +91,21 @@ class CorpusConfig(Strict):
     block_size: int = Field(64, ge=2, le=4096, description="tokens per training sequence")
 
 
+def _unknown(registry: Registry[Any], name: Any) -> str:
+    return f"unknown {registry.kind} {name!r}; known: {', '.join(registry.names())}"
+
+
+def _registered(registry: Registry[Any]) -> BeforeValidator:
+    """A str field whose value must be a name in ``registry``."""
+
+    def validate(name: Any) -> Any:
+        if not isinstance(name, str) or name not in registry:
+            raise ValueError(_unknown(registry, name))
+        return name
+
+    return BeforeValidator(validate)
+
+
 def _by_tag(registry: Registry[Any], tag: str, default: str | None = None) -> WrapValidator:
     """Validate a dict with the Config class of the registry entry named by ``data[tag]``."""
 
@@ -95,17 +117,18 @@ def _by_tag(registry: Registry[Any], tag: str, default: str | None = None) -> Wr
         name = value.get(tag, default)
         if name is None:
             raise ValueError(f"missing {tag!r}; allowed: {', '.join(registry.names())}")
-        try:
-            entry = registry.get(name)
-        except RegistryError as e:
-            raise ValueError(f"@field:{tag}:{json.dumps(name)}:{e}") from None
-        return entry.Config.model_validate({**value, tag: name})
+        if not isinstance(name, str) or name not in registry:
+            raise field_error(tag, name, _unknown(registry, name))
+        return registry.get(name).Config.model_validate({**value, tag: name})
 
     return WrapValidator(validate)
 
 
 ModuleGroup = Annotated[SerializeAsAny[ModuleConfig], _by_tag(MODULE_TYPES, "type")]
 Corpus = Annotated[SerializeAsAny[CorpusConfig], _by_tag(CORPORA, "kind", default="tasks")]
+#: a name registered in brainnet.registry.TOPOLOGIES / ACTIONS
+Topology = Annotated[str, _registered(TOPOLOGIES)]
+Action = Annotated[str, _registered(ACTIONS)]
 
 
 # --------------------------------------------------------------------------- the society
@@ -128,11 +151,10 @@ class RouterConfig(Strict):
     balance_weight: float = Field(0.01, ge=0, description="Switch load-balancing loss weight")
     z_weight: float = Field(0.001, ge=0, description="router z-loss weight (ST-MoE)")
 
-    @model_validator(mode="after")
-    def _check(self) -> RouterConfig:
+    @check("k_max", "top_k")
+    def _k_max(self) -> Problems:
         if self.k_max is not None and self.k_max < self.top_k:
-            raise ValueError(f"@field:k_max:{self.k_max}:must be >= top_k ({self.top_k})")
-        return self
+            yield problem("k_max", self.k_max, f"must be >= top_k ({self.top_k})")
 
 
 class BlackboardConfig(Strict):
@@ -164,20 +186,18 @@ class ArousalConfig(Strict):
         (0.5, 0.5), description="blackboard write threshold at arousal 0 and 1 (either direction)"
     )
 
-    @model_validator(mode="after")
-    def _check(self) -> ArousalConfig:
-        k, r = self.k_range, self.rounds_range
-        if k is not None and not 1 <= k[0] <= k[1]:
-            raise ValueError(f"@field:k_range:{list(k)}:must be [lo, hi] with 1 <= lo <= hi")
-        if not 0 <= r[0] <= r[1]:
-            raise ValueError(f"@field:rounds_range:{list(r)}:must be [lo, hi] with 0 <= lo <= hi")
-        if not all(t > 0 for t in self.temperature_range):
-            t = list(self.temperature_range)
-            raise ValueError(f"@field:temperature_range:{t}:each must be > 0")
-        if not all(0 <= t <= 1 for t in self.threshold_range):
-            t = list(self.threshold_range)
-            raise ValueError(f"@field:threshold_range:{t}:each must be in [0, 1]")
-        return self
+    @field_validator("k_range", "rounds_range", "temperature_range", "threshold_range")
+    @classmethod
+    def _ranges(cls, v: Any, info: ValidationInfo) -> Any:
+        ok, rule = {
+            "k_range": (lambda lo, hi: 1 <= lo <= hi, "must be [lo, hi] with 1 <= lo <= hi"),
+            "rounds_range": (lambda lo, hi: 0 <= lo <= hi, "must be [lo, hi] with 0 <= lo <= hi"),
+            "temperature_range": (lambda *t: min(t) > 0, "each must be > 0"),
+            "threshold_range": (lambda *t: 0 <= min(t) <= max(t) <= 1, "each must be in [0, 1]"),
+        }[info.field_name]
+        if v is not None and not ok(*v):
+            raise ValueError(rule)
+        return v
 
 
 class ClockConfig(Strict):
@@ -192,9 +212,7 @@ class ClockConfig(Strict):
 class SocietyConfig(Strict):
     """How the modules are organised and talk (see brainnet/society/topology.py)."""
 
-    topology: Literal[
-        "pipeline", "ensemble", "feedback", "routing", "brain", "all_to_all", "monolith"
-    ] = Field("brain", description="communication structure")
+    topology: Topology = Field("brain", description="communication structure (see TOPOLOGIES)")
     clusters: int = Field(4, ge=1, description="C; every module group's count must divide by C")
     intra: Literal["complete", "ring", "small_world"] = Field(
         "complete", description="graph of the dense talk inside a cluster"
@@ -207,6 +225,12 @@ class SocietyConfig(Strict):
     blackboard: BlackboardConfig = Field(default_factory=BlackboardConfig)
     arousal: ArousalConfig = Field(default_factory=lambda: ArousalConfig(enabled=False))
     clock: ClockConfig = Field(default_factory=ClockConfig)
+
+    @check("topology", "clusters", "router", "arousal")
+    def _k_fits_clusters(self) -> Problems:
+        k = max(self.router.k_max or self.router.top_k, *(self.arousal.k_range or (1,)))
+        if TOPOLOGIES.get(self.topology).routed and k > self.clusters:
+            yield problem(("router", "top_k"), k, f"must be <= society.clusters ({self.clusters})")
 
 
 # --------------------------------------------------------------------------- learning dynamics
@@ -319,24 +343,32 @@ class DistillConfig(Strict):
     ema: EMAConfig = Field(default_factory=EMAConfig)
     warmup_correction: WarmupCorrectionConfig = Field(default_factory=WarmupCorrectionConfig)
 
-    @model_validator(mode="after")
-    def _check(self) -> DistillConfig:
+    @check("warmup_correction", "teacher")
+    def _one_teacher_scores(self) -> Problems:
         if self.warmup_correction.enabled and self.teacher in ("peers", "both"):
-            raise ValueError(
-                "@field:warmup_correction.enabled:true:needs one teacher to score each "
-                "module's own samples; set teacher to 'ema' or 'run'"
+            yield problem(
+                ("warmup_correction", "enabled"),
+                True,
+                "needs one teacher to score each module's own samples; "
+                "set teacher to 'ema' or 'run'",
             )
+
+    @check("teacher", "teacher_run")
+    def _teacher_run(self) -> Problems:
         if self.teacher == "run" and not self.teacher_run:
-            raise ValueError(
-                "@field:teacher_run:null:teacher 'run' needs the run directory or checkpoint "
-                "file of an earlier run; allowed: a path"
+            yield problem(
+                "teacher_run",
+                self.teacher_run,
+                "teacher 'run' needs the run directory or checkpoint file of an earlier run; "
+                "allowed: a path",
             )
         if self.teacher_run is not None and self.teacher != "run":
-            raise ValueError(
-                f"@field:teacher_run:{json.dumps(self.teacher_run)}:only used by teacher 'run' "
-                f"(teacher is {self.teacher!r}); allowed: null, or set teacher to 'run'"
+            yield problem(
+                "teacher_run",
+                self.teacher_run,
+                f"only used by teacher 'run' (teacher is {self.teacher!r}); "
+                "allowed: null, or set teacher to 'run'",
             )
-        return self
 
     def due(self, step: int) -> bool:
         """Distil at this step? (enabled and every K-th step)."""
@@ -350,7 +382,7 @@ class ReorganizeConfig(Strict):
     an action that has no candidate (e.g. split when no cluster is big enough) is logged as
     skipped with the reason. See docs/learning.md for each rule."""
 
-    actions: list[Literal["replace", "split", "merge", "spawn", "prune", "rewire"]] = Field(
+    actions: list[Action] = Field(
         default_factory=lambda: ["replace"],
         min_length=1,
         description="replace: each cluster's worst module (probe loss) becomes a noisy copy of "
@@ -387,13 +419,17 @@ class TrainConfig(Strict):
     eval_every: int = Field(50, ge=1, description="validation every this many steps")
     eval_batches: int = Field(8, ge=1, description="fixed validation batches per evaluation")
 
-    @model_validator(mode="after")
-    def _check(self) -> TrainConfig:
-        if not all(0 <= b < 1 for b in self.betas):
-            raise ValueError(f"@field:betas:{list(self.betas)}:each must be in [0, 1)")
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in betas):
+            raise ValueError("each must be in [0, 1)")
+        return betas
+
+    @check("min_lr", "lr")
+    def _min_lr(self) -> Problems:
         if self.min_lr > self.lr:
-            raise ValueError(f"@field:min_lr:{self.min_lr}:must be <= lr ({self.lr})")
-        return self
+            yield problem("min_lr", self.min_lr, f"must be <= lr ({self.lr})")
 
 
 class LogConfig(Strict):
@@ -438,64 +474,66 @@ class Scenario(Strict):
         None, description="the semantic-state probe φ and its Δφ events (feeds arousal)"
     )
 
-    @model_validator(mode="after")
-    def _reorganize_needs_emergence(self) -> Scenario:
+    @check("reorganize", "emergence")
+    def _reorganize_needs_emergence(self) -> Problems:
         if self.reorganize is not None and self.emergence is None:
-            raise ValueError(
-                "@field:reorganize:{...}:needs an `emergence:` section (its events trigger it)"
+            yield problem(
+                "reorganize",
+                self.reorganize.model_dump(mode="json"),
+                "needs an `emergence:` section (its events trigger it)",
             )
-        return self
 
-    @model_validator(mode="after")
-    def _probes_on_log_steps(self) -> Scenario:
+    @check("collapse", "emergence", "log")
+    def _probes_on_log_steps(self) -> Problems:
         for name in ("collapse", "emergence"):
             part = getattr(self, name)
             if part is not None and part.every % self.log.every:
-                raise ValueError(
-                    f"@field:{name}.every:{part.every}:must be a multiple of log.every "
-                    f"({self.log.every}), so that its values land in a logged row"
+                yield problem(
+                    (name, "every"),
+                    part.every,
+                    f"must be a multiple of log.every ({self.log.every}), so that its values "
+                    "land in a logged row",
                 )
-        return self
 
-    @model_validator(mode="after")
-    def _society_fits_modules(self) -> Scenario:
+    @check("society", "reorganize")
+    def _actions_fit_society(self) -> Problems:
+        soc, acts = self.society, self.reorganize.actions if self.reorganize else []
+        for i, act in enumerate(acts):
+            loc = ("reorganize", "actions", i)
+            if soc is None and act != "replace":
+                yield problem(loc, act, "needs a `society:`; independent modules allow: replace")
+            elif soc is not None and act in ("split", "merge"):
+                if not TOPOLOGIES.get(soc.topology).routed:
+                    routed = " or ".join(n for n in TOPOLOGIES.names() if TOPOLOGIES.get(n).routed)
+                    yield problem(
+                        loc,
+                        act,
+                        f"needs a routed society (topology {routed}), not {soc.topology!r}; "
+                        "allowed here: replace, spawn, prune, rewire",
+                    )
+
+    @check("society", "modules")
+    def _society_fits_modules(self) -> Problems:
         soc = self.society
         if soc is None:
-            bad = set(self.reorganize.actions if self.reorganize else []) - {"replace"}
-            if bad:
-                raise ValueError(
-                    f"@field:reorganize.actions:{sorted(bad)[0]}:needs a `society:`; "
-                    "independent modules allow: replace"
-                )
-            return self
-        C = 1 if soc.topology in ("all_to_all", "monolith") else soc.clusters
+            return
+        C = 1 if TOPOLOGIES.get(soc.topology).one_cluster else soc.clusters
         for i, g in enumerate(self.modules):
             if g.count % C:
-                raise ValueError(
-                    f"@field:modules.{i}.count:{g.count}:must be a multiple of "
-                    f"society.clusters ({C}), one share per cluster"
+                yield problem(
+                    ("modules", i, "count"),
+                    g.count,
+                    f"must be a multiple of society.clusters ({C}), one share per cluster",
                 )
-        dims = {g.message_dim for g in self.modules}
+        n = sum(g.count for g in self.modules)
+        if soc.topology == "monolith" and n != 1:
+            yield problem("modules", n, "monolith needs exactly one module")
+
+    @check("modules")
+    def _one_message_dim(self) -> Problems:
+        dims = sorted({g.message_dim for g in self.modules})
         if len(dims) > 1:
-            raise ValueError(
-                f"@field:modules:{json.dumps(sorted(dims))}:all groups must share message_dim"
-            )
-        acts = set(self.reorganize.actions) if self.reorganize is not None else set()
-        for act in sorted(acts & {"split", "merge"}):
-            if soc.topology not in ("routing", "brain"):
-                raise ValueError(
-                    f"@field:reorganize.actions:{act}:needs a routed society (topology routing "
-                    f"or brain), not {soc.topology!r}; allowed here: replace, spawn, prune, rewire"
-                )
-        if soc.topology == "monolith" and sum(g.count for g in self.modules) != 1:
-            n = sum(g.count for g in self.modules)
-            raise ValueError(f"@field:modules:{n}:monolith needs exactly one module")
-        k = max(soc.router.k_max or soc.router.top_k, *(soc.arousal.k_range or (1,)))
-        if soc.topology in ("routing", "brain") and k > soc.clusters:
-            raise ValueError(
-                f"@field:society.router.top_k:{k}:must be <= society.clusters ({soc.clusters})"
-            )
-        return self
+            yield problem("modules", dims, "all groups must share message_dim")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -527,16 +565,17 @@ def load_scenario(
     label, data = _read_source(source)
     set_keys: set[str] = set()
     if overrides:
-        items = overrides.items() if isinstance(overrides, dict) else _parse_sets(overrides)
+        items = overrides.items() if isinstance(overrides, dict) else parse_sets(overrides)
         for key, value in items:
-            _apply_override(data, key, value)
+            apply_override(data, key, value)
             set_keys.add(key)
     try:
         return Scenario.model_validate(data)
     except ValidationError as e:
-        raise ScenarioError(
-            [_format_error(err, label, set_keys) for err in e.errors(include_url=False)]
-        ) from None
+        errors = e.errors(include_url=False)
+    if skipped := skipped_problems(Scenario, data):  # checks pydantic skipped: fields failed
+        errors += ValidationError.from_exception_data("Scenario", skipped).errors()
+    raise ScenarioError([format_error(err, label, set_keys) for err in errors])
 
 
 def _read_source(source: str | Path | dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -547,144 +586,13 @@ def _read_source(source: str | Path | dict[str, Any]) -> tuple[str, dict[str, An
         name = str(source).removesuffix(".yaml")
         builtins = builtin_scenarios()
         if name not in builtins:
-            raise ScenarioError(
-                [
-                    f"scenario {str(source)!r}: no such file and no built-in of that name; "
-                    f"built-ins: {', '.join(builtins)}"
-                ]
-            )
-        return f"{name}.yaml", _parse_yaml(
+            why = f"no such file and no built-in of that name; built-ins: {', '.join(builtins)}"
+            raise ScenarioError([f"scenario {str(source)!r}: {why}"])
+        return f"{name}.yaml", parse_yaml(
             (resources.files("brainnet.scenarios") / f"{name}.yaml").read_text(), f"{name}.yaml"
         )
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ScenarioError([f"{path}: cannot read scenario file: {e}"]) from None
-    return path.name, _parse_yaml(text, path.name)
-
-
-def _parse_yaml(text: str, label: str) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ScenarioError([f"{label}: invalid YAML{where}: {problem}"]) from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ScenarioError(
-            [
-                f"{label}: must be a mapping of fields (name, modules, train, ...), "
-                f"got a {type(data).__name__}"
-            ]
-        )
-    return data
-
-
-def _parse_sets(items: list[str]) -> list[tuple[str, Any]]:
-    out = []
-    for item in items:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ScenarioError([f"--set {item!r}: expected FIELD=VALUE, e.g. train.lr=3e-4"])
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
-        out.append((key, value))
-    return out
-
-
-def _apply_override(data: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    node: Any = data
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        where = ".".join(parts[: i + 1])
-        if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise ScenarioError(
-                    [
-                        f"--set: {key} = {_show(value)}: {where!r} is not an index of a "
-                        f"list of {len(node)} (allowed: 0..{len(node) - 1})"
-                    ]
-                )
-            part = int(part)  # type: ignore[assignment]
-        elif not isinstance(node, dict):
-            raise ScenarioError(
-                [
-                    f"--set: {key} = {_show(value)}: {'.'.join(parts[:i])} is a value "
-                    f"({_show(node)}), not a section"
-                ]
-            )
-        if last:
-            node[part] = value
-        else:
-            if isinstance(node, dict) and part not in node:
-                node[part] = {}
-            node = node[part]
-
-
-_MESSAGES = {
-    "greater_than": "must be > {gt}",
-    "greater_than_equal": "must be >= {ge}",
-    "less_than": "must be < {lt}",
-    "less_than_equal": "must be <= {le}",
-    "missing": "required field is missing",
-    "too_short": "must have at least {min_length} item(s)",
-    "string_too_short": "must not be empty",
-    "string_pattern_mismatch": "must match {pattern}",
-    "literal_error": "must be one of {expected}",
-    "bool_parsing": "must be true or false",
-    "int_parsing": "must be an integer",
-    "int_type": "must be an integer",
-    "float_type": "must be a number",
-    "dict_type": "must be a section (a mapping of fields)",
-    "list_type": "must be a list",
-    "int_from_float": "must be an integer",
-    "float_parsing": "must be a number",
-}
-
-
-def _format_error(err: dict[str, Any], label: str, set_keys: set[str]) -> str:
-    loc = [str(p) for p in err["loc"]]
-    value: Any = err.get("input")
-    msg: str = err["msg"]
-    ctx = err.get("ctx") or {}
-    if err["type"] == "value_error":
-        msg = str(ctx.get("error", msg)).removeprefix("Value error, ")
-        if msg.startswith("@field:"):  # a model-level check that names one field
-            _, name, shown, msg = msg.split(":", 3)
-            loc, value = [*loc, name], yaml.safe_load(shown)
-    elif err["type"] == "extra_forbidden" and isinstance(value, _Unknown):
-        msg, value = f"unknown field; allowed: {value.allowed}", value.value
-    elif err["type"] in _MESSAGES:
-        msg = _MESSAGES[err["type"]].format(**{k: _show_ctx(v) for k, v in ctx.items()})
-    else:
-        msg = msg[:1].lower() + msg[1:]
-    field = ".".join(loc) or "<top>"
-    src = "--set" if _overridden(field, set_keys) else label
-    return f"{src}: {field} = {_show(value)}: {msg}"
-
-
-def _overridden(field: str, set_keys: set[str]) -> bool:
-    """Was ``field`` (or a section above or below it) set by an override?"""
-    return any(
-        k == field or k.startswith(f"{field}.") or field.startswith(f"{k}.") for k in set_keys
-    )
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, dict):
-        text = json.dumps(value, default=str)
-        return text if len(text) <= 60 else "{...}"
-    if isinstance(value, str):
-        return repr(value)
-    return json.dumps(value) if isinstance(value, (list, bool, type(None))) else str(value)
-
-
-def _show_ctx(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    return path.name, parse_yaml(text, path.name)

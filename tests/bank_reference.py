@@ -1,13 +1,22 @@
 """The check every bank type needs: its batched forward and gradients equal independent
 single-module copies (``bank.export(m)``), for all modules or a subset. Module types written
-by users can call it from their own tests."""
+by users can call it from their own tests. Also ``bank_layer_norm``, a per-module LayerNorm
+the bank tests compare the fused library ops against."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 TOL = dict(atol=1e-5, rtol=1e-5)
+
+
+def bank_layer_norm(x: Tensor, w: Tensor, b: Tensor | None, eps: float = 1e-5) -> Tensor:
+    """Per-module LayerNorm over the last dim. x [M, ..., D], w / b [M, D]."""
+    shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)
+    y = F.layer_norm(x, x.shape[-1:], eps=eps) * w.view(shape)
+    return y if b is None else y + b.view(shape)
 
 
 def per_module_loss(logits, message, salience, y, proj):

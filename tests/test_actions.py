@@ -1,5 +1,5 @@
 """Reorganisation actions: the decisions (learning/actions.py), their application to banks,
-optimiser, EMA teacher, router and topology (Simulation.apply_layout), and the society with
+optimiser, EMA teacher, router and topology (Relayout.apply), and the society with
 clusters of different sizes."""
 
 import shutil
@@ -10,7 +10,7 @@ import torch
 import brainnet
 from brainnet.config import ReorganizeConfig, ScenarioError
 from brainnet.learning.actions import ACTIONS, Evidence, Limits
-from brainnet.learning.reorganize import New, bank_plans
+from brainnet.learning.layout import New, bank_plans
 from brainnet.society.cluster import cluster_log_probs
 from brainnet.society.topology import build_topology
 
@@ -157,7 +157,7 @@ def test_each_action_keeps_the_survivors_exactly(tmp_path, action):
     ev = evidence(phi, torch.arange(float(N0)), torch.ones(N0))
     layout = ACTIONS[action](s.society.topology, ev, *limits(C0, N0))
     assert not isinstance(layout, str), layout
-    rows, parents = s.apply_layout(layout)
+    rows, parents = s.relayout.apply(layout)
     kept = (rows >= 0).nonzero().flatten()
     old = rows[kept]
     out_after = s.standalone_logits(s.probe)[0]
@@ -200,7 +200,7 @@ def test_unequal_clusters_average_their_own_members_only(tmp_path):
     s = sim_with(tmp_path, ["spawn"])
     layout = ACTIONS["spawn"](s.society.topology, evidence(torch.zeros(16, 1),
                               torch.arange(16.0)), *limits(4, 16))  # fmt: skip
-    s.apply_layout(layout)
+    s.relayout.apply(layout)
     soc = s.society
     assert not soc.uniform and soc.topology.cluster_sizes == [4, 4, 4, 5]
     soc.eval()

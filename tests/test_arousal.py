@@ -182,3 +182,45 @@ def test_config_validation():
     for kw in bad:
         with pytest.raises(ValidationError, match=next(iter(kw))):
             ArousalConfig(**kw)
+
+
+# --------------------------------------------------------------------------- what arousal sets
+
+
+def test_k_max_caps_what_arousal_asks_for():
+    """``society.router.k_max`` is the router's ceiling: with k_range [2, 3] and k_max = 2, even
+    full arousal keeps k = 2 (before the fix arousal set k = 3). Without k_max, k_range rules."""
+    from brainnet.config import SocietyConfig
+
+    soc = SocietyConfig(topology="brain", clusters=4, router={"top_k": 2, "k_max": 2},
+                        arousal={"enabled": True, "k_range": (2, 3)})  # fmt: skip
+    a = Arousal(soc.arousal, 4)
+    assert a.knobs(1.0, soc).k == 2
+    assert a.knobs(1.0, soc.model_copy(update={"router": soc.router.model_copy(
+        update={"k_max": None})})).k == 3  # fmt: skip
+    assert a.knobs(0.0, soc).k == 2
+
+
+def test_a_row_charges_the_simulated_time_of_the_knobs_it_ran_with(tmp_path):
+    """Arousal retunes k and rounds at log rows. Each row's sim_time_ms must be the makespan of
+    the plan the interval actually ran (its logged k and rounds), not the next interval's
+    (before the fix, a row after arousal rose logged the new plan's time)."""
+    import brainnet
+    from brainnet.society import Knobs
+
+    sc = brainnet.load_scenario("quickstart", overrides={
+        "train.steps": 8, "log.every": 2, "train.eval_every": 8, "train.batch_size": 8,
+        "modules.0.n_layer": 1, "modules.0.d_model": 16, "modules.0.n_head": 2,
+        "corpus.block_size": 16, "emergence": None, "collapse": None, "reorganize": None,
+        "society.arousal.rounds_range": [0, 3], "society.arousal.k_range": [1, 3]})  # fmt: skip
+    sim = brainnet.Simulation(sc, out_dir=tmp_path)
+    sim.run(steps=2)
+    sim.arousal.force(1.0)  # the next row reads high arousal: more rounds, larger k
+    sim.run(steps=4)
+    rows = [r for r in sim.writer.rows if r.get("sim_time_ms") is not None]
+    assert len({(r["k"], r["rounds"]) for r in rows}) > 1  # the knobs did change between rows
+    soc, B = sim.society, sc.train.batch_size
+    for r in rows:
+        knobs = Knobs(r["k"], r["rounds"], r["temperature"], r["threshold"])
+        plan, _ = soc.plan(r["rounds"], soc.capacity(knobs, B))
+        assert r["sim_time_ms"] == pytest.approx(plan.makespan)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from bank_reference import assert_bank_matches_copies
+from bank_reference import assert_bank_matches_copies, bank_layer_norm
 
 from brainnet.modules.bank import (
-    bank_layer_norm,
     bmm_linear,
     fold_layer_norm,
     module_cross_entropy,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,9 @@ from typer.testing import CliRunner
 from brainnet.bench import (
     CASES,
     SHAPES,
+    PhaseTimer,
     Setting,
+    bank_module_tokens,
     bank_step,
     brain_clusters,
     case_names,
@@ -28,6 +31,7 @@ from brainnet.bench import (
 from brainnet.cli import app
 from brainnet.config import TrainConfig
 from brainnet.data.text import TextCorpus
+from brainnet.engine.optim import build_optimizer, param_groups
 from brainnet.modules.tiny_lm import TransformerBank
 from brainnet.society.router import capacity
 
@@ -75,6 +79,7 @@ def test_module_token_accounting(quick) -> None:
     rows, _ = quick
     by = {r["case"]: r for r in rows if not r["skipped"] and r["case"] not in EVENTS}
     B, T, N = SHAPES["tiny"].batch_cpu, SHAPES["tiny"].block_size, 4
+    assert bank_module_tokens(N, B, T) == N * B * T
     for name in ("loop", "bank"):  # every module on the whole batch, once
         assert by[name]["module_tokens_per_step"] == N * B * T
         assert by[name]["corpus_tokens_per_step"] == B * T
@@ -105,6 +110,41 @@ def test_distill_cost_from_step_times() -> None:
     assert got["consolidate_step_ms"] == pytest.approx(150.0)
     assert got["distill_share"] == pytest.approx(1 - 98 / 110)
     assert "distill_share" not in distill_cost({"ema": [], "plain": [0.1], "consolidate": []})
+
+
+def test_phase_timer_records_each_phase() -> None:
+    """The Simulation's ``timer`` hook as the bench sets it: seconds per pass, by phase."""
+    timer = PhaseTimer(torch.device("cpu"))
+    for _ in range(2):
+        with timer("teacher_update"):
+            time.sleep(0.002)
+    with timer("other"):
+        pass
+    assert len(timer.times["teacher_update"]) == 2 and len(timer.times["other"]) == 1
+    assert all(t >= 0.002 for t in timer.times["teacher_update"])
+    timer.clear()
+    assert not timer.times
+
+
+def test_loop_and_build_optimizer_share_the_decay_split() -> None:
+    """``param_groups``: matrices decay, vectors do not, for the loop's per-module AdamW and
+    for build_optimizer's extra modules, whose groups follow the banks' in the same order."""
+    sh = SHAPES["tiny"]
+    bank = TransformerBank(sh.config(2), 65, sh.block_size)
+    model = bank.export(0)
+    decay, plain = param_groups(model.parameters(), 0.1)
+    assert decay["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    assert decay["params"] and all(p.dim() >= 2 for p in decay["params"])
+    assert plain["params"] and all(p.dim() < 2 for p in plain["params"])
+    assert len(decay["params"]) + len(plain["params"]) == len(list(model.parameters()))
+    extra = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))
+    cfg = TrainConfig(batch_size=2)
+    opt = build_optimizer([bank], cfg, torch.device("cpu"), extra=[extra])
+    want = [g for g in bank.param_groups(cfg.weight_decay) if g["params"]]
+    want += param_groups(extra.parameters(), cfg.weight_decay)
+    got = [([id(p) for p in g["params"]], g["weight_decay"]) for g in opt.param_groups]
+    assert got == [([id(p) for p in g["params"]], g["weight_decay"]) for g in want]
+    assert got[-2][1] == cfg.weight_decay and got[-1][1] == 0.0  # Linear.weight; bias, LN
 
 
 def test_mfu_is_nanogpt_accounting(quick) -> None:

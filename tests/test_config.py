@@ -8,7 +8,7 @@ import yaml
 from brainnet.config import Scenario, ScenarioError, builtin_scenarios, load_scenario
 from brainnet.modules.bank import check_module_type
 from brainnet.modules.tiny_lm import TransformerConfig
-from brainnet.registry import MODULE_TYPES, Registry, RegistryError
+from brainnet.registry import ACTIONS, MODULE_TYPES, TOPOLOGIES, Registry, RegistryError
 
 MIN = {"modules": [{"type": "transformer", "count": 2}]}
 
@@ -61,6 +61,19 @@ def test_resolved_yaml_round_trips():
         ({"name": "has space"}, "name", "'has space'", "must match"),
         ({"precision": "fp8"}, "precision", "'fp8'", "'auto', 'fp32' or 'bf16'"),
         ({"log.every": "often"}, "log.every", "'often'", "must be an integer"),
+        ({"society.topology": "ring"}, "society.topology", "'ring'", "known: all_to_all, brain"),
+        (
+            {"emergence.every": 50, "reorganize.actions": ["replace", "grow"]},
+            "reorganize.actions.1",
+            "'grow'",
+            "known: merge, prune, replace, rewire, spawn, split",
+        ),
+        (
+            {"distill.teacher_run": "C:/runs/x"},
+            "distill.teacher_run",
+            "'C:/runs/x'",
+            "allowed: null, or set teacher to 'run'",
+        ),
     ],
 )
 def test_bad_values_give_one_line_naming_field_value_and_allowed(overrides, field, value, allowed):
@@ -158,3 +171,39 @@ def test_entry_point_plugins_are_loaded_and_checked(monkeypatch):
         RegistryError, match="entry point 'broken' = 'pkg:broken' .* failed to load"
     ):
         fresh([FakeEntryPoint("broken", ImportError("no module named x"))]).names()
+
+
+def test_topology_and_action_names_come_from_the_registries():
+    (line,) = errors(MIN, {"society.topology": "nope"})
+    assert line.endswith(f"unknown topology 'nope'; known: {', '.join(TOPOLOGIES.names())}")
+    assert "independent" in TOPOLOGIES.names()
+    # one cluster whatever `clusters` says: a count of 3 fits
+    sc = load_scenario(MIN, {"society.topology": "independent", "modules.0.count": 3})
+    assert sc.society.topology == "independent"
+    TOPOLOGIES.add("test_routed", TOPOLOGIES.get("routing"))
+    ACTIONS.add("test_action", ACTIONS.get("replace"))
+    try:
+        base = {"society.topology": "test_routed", "society.clusters": 2, "emergence.every": 50}
+        sc = load_scenario(MIN, {**base, "reorganize.actions": ["split", "test_action"]})
+        assert sc.reorganize.actions == ["split", "test_action"]
+        (line,) = errors(MIN, {**base, "society.router.top_k": 3})
+        assert line == "--set: society.router.top_k = 3: must be <= society.clusters (2)"
+    finally:
+        TOPOLOGIES.remove("test_routed")
+        ACTIONS.remove("test_action")
+    (line,) = errors(MIN, {"society.topology": "test_routed"})
+    assert "unknown topology 'test_routed'" in line
+
+
+def test_checks_report_every_problem_at_once():
+    """A section's cross-field checks all run; a Scenario validated directly raises them too."""
+    problems = errors(MIN, {"society.topology": "pipeline", "society.clusters": 4,
+                            "modules.0.count": 3, "emergence.every": 50,
+                            "reorganize.actions": ["split", "merge"]})  # fmt: skip
+    assert [p.split(": ")[1] for p in problems] == [
+        "reorganize.actions.0 = 'split'",
+        "reorganize.actions.1 = 'merge'",
+        "modules.0.count = 3",
+    ]
+    with pytest.raises(ValueError, match=r"(?s)min_lr\n  must be <= lr \(0\.001\)"):
+        Scenario.model_validate({**MIN, "train": {"lr": 1e-3, "min_lr": 0.1}})

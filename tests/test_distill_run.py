@@ -21,6 +21,11 @@ BASE = {
 }  # fmt: skip
 
 
+def consolidate(s: Simulation, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The consolidation of ``batch`` as a training step would run it (no optimiser step)."""
+    return s.consolidation.losses(batch, s.forward(batch), s.step)
+
+
 def sim(tmp_path, name="ema_hard_loop", **extra) -> Simulation:
     return Simulation(brainnet.load_scenario(name, {**BASE, **extra}), out_dir=tmp_path)
 
@@ -40,17 +45,17 @@ def test_ema_teacher_follows_the_student_by_lerp_and_gets_no_gradient(tmp_path):
 def test_closed_loop_learns_nothing_from_labels(tmp_path):
     s = sim(tmp_path, "self_distill_closed")
     batch = s.corpus.batch("train", 8, torch.Generator().manual_seed(0))
-    kd, _ = s.consolidate(batch)
+    kd, _ = consolidate(s, batch)
     shuffled = brainnet.data.Batch(batch.x, batch.y.roll(1, dims=1), batch.domain)
-    kd2, ce2 = s.consolidate(shuffled)
+    kd2, ce2 = consolidate(s, shuffled)
     torch.testing.assert_close(kd, kd2)  # the labels do not enter the loss
-    assert not torch.allclose(ce2, s.consolidate(batch)[1])  # (but the logged CE sees them)
+    assert not torch.allclose(ce2, consolidate(s, batch)[1])  # (but the logged CE sees them)
 
 
 def test_peers_are_cluster_mates(tmp_path):
     s = sim(tmp_path, "quickstart", **{"distill": {"enabled": True, "teacher": "peers"},
                                        "modules.0.count": 16})  # fmt: skip
-    w = s._peer_weights(0)  # [16, 16]: 1/3 on each of the 3 mates in a cluster of 4
+    w = s.consolidation.mates(0)  # [16, 16]: 1/3 on each of the 3 mates in a cluster of 4
     assert w.shape == (16, 16)
     third = 1 / 3
     assert w[0].tolist() == pytest.approx([0, third, third, third] + [0] * 12)
@@ -77,8 +82,8 @@ def test_warmup_correction_distils_on_teacher_corrected_samples(tmp_path):
     s = sim(tmp_path, **{"distill.warmup_correction": wc, "corpus.block_size": 12})
     s.run(steps=2)  # the EMA teacher has moved away from the student
     batch = s.corpus.batch("train", 4, torch.Generator().manual_seed(5))
-    kd, ce = s.consolidate(batch)
-    replaced = s._pop_replaced()["warmup_replaced"]
+    kd, ce = consolidate(s, batch)
+    replaced = s.consolidation.replaced()["warmup_replaced"]
     # reference: the same correction by hand, then α·CE(real batch) + (1−α)·T²·KL(corrected)
     cfg = s.scenario.distill
     bank, teacher = s.banks[0], s.teacher.banks[0]
@@ -109,10 +114,11 @@ def test_society_consolidation_reuses_the_first_pass_on_routed_rows(tmp_path):
         for p in s.teacher.banks[0].parameters():
             p.add_(0.01 * torch.randn_like(p))
     batch = s.corpus.batch("train", 8, torch.Generator().manual_seed(0))
-    *_, first = s.society_losses(batch)
-    assert first is not None and s.society.first_alone(s.knobs.rounds, first[1].shape[1])
-    logits, seq_index = first
-    kd, ce = s.consolidate(batch, first)
+    out = s.forward(batch)
+    alone = s.society.alone(out, batch, 0)
+    assert alone is not None and alone.rows is not None  # the first wave: every module alone
+    logits, seq_index = out.first_logits, out.seq_index
+    kd, ce = s.consolidation.losses(batch, out, s.step)
     cfg, bank, B = s.scenario.distill, s.banks[0], batch.x.shape[0]
     clusters = s.society.topology.clusters()
     for c, members in enumerate(clusters):
@@ -144,8 +150,8 @@ def test_a_chain_consolidates_in_its_own_pass(tmp_path):
         **{"modules.0.count": 8, "distill": {"enabled": True, "teacher": "both"}},
     )
     batch = s.corpus.batch("train", 8, torch.Generator().manual_seed(0))
-    *_, first = s.society_losses(batch)
-    assert first is None
+    out = s.forward(batch)
+    assert out.first_logits is None and s.society.alone(out, batch, 0) is None
     assert torch.isfinite(s.train_step()["train_loss"])
 
 

@@ -44,7 +44,7 @@ def test_emergence_probe_logs_delta_phi_and_feeds_arousal(tmp_path):
     assert all(x["theta"] == 1e-9 for x in rows)
     events = [e for e in r.events if e["kind"] == "emergence"]
     assert [e["step"] for e in events] == [4, 6] and "Δφ" in events[0]["cause"]
-    assert sim.delta_phi_drive == rows[-1]["delta_phi"] / 1e-9  # E_norm reaches arousal
+    assert sim.probes.arousal_input == rows[-1]["delta_phi"] / 1e-9  # E_norm reaches arousal
     per_module = [m["delta_phi"] for m in r.module_metrics.to_pylist() if m["step"] == 6]
     assert len(per_module) == 16 and all(d > 0 for d in per_module)
 
@@ -63,7 +63,7 @@ def test_emergence_event_reorganises_keeping_the_other_modules_exactly(tmp_path)
     assert len(moments) >= len(before) - 2
     teacher = {n: p.clone() for n, p in sim.teacher.banks[0].named_parameters()}
     logits = sim.standalone_logits(sim.probe)
-    sim._open_writer()
+    sim.open_run()
     sim.reorganize(2, logits, "test", {"delta_phi": 1.0, "theta": 0.5})
     event = [e for e in open_events(sim) if e["kind"] == "reorganize"][-1]
     new = {r["module"]: r["copy_of"] for r in event["replaced"]}

@@ -15,9 +15,9 @@ import torch
 from brainnet.config import CollapseConfig, EmergenceConfig, TrainConfig
 from brainnet.engine.optim import build_optimizer
 from brainnet.learning import CollapseMonitor, EMATeacher, EmergenceTracker
-from brainnet.learning.reorganize import RowPlan, keep, module_rows, resize_bank, spawn
 from brainnet.modules.bank import module_cross_entropy
 from brainnet.modules.recurrent_lm import RecurrentBank, RecurrentConfig
+from brainnet.modules.resize import RowPlan, keep, module_rows, resize_bank, spawn
 from brainnet.modules.tiny_lm import TransformerBank, TransformerConfig
 
 V, BLOCK, M = 11, 12, 5

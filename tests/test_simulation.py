@@ -85,7 +85,7 @@ def test_training_lowers_loss_and_writes_a_run_directory(tmp_path):
     ]
     assert run.events[0]["n_modules"] == 3
     state = torch.load(d / "checkpoint.pt", weights_only=True)
-    assert state["step"] == 40 and state["model"]["0.wte"].shape == (3, 256, 32)
+    assert state["step"] == 40 and state["model"]["banks.0.wte"].shape == (3, 256, 32)
 
 
 def test_same_seed_same_numbers_different_seed_different(tmp_path):

@@ -42,9 +42,10 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from brainnet.config import CorpusConfig
+from brainnet.config_errors import Problems, check, problem
 from brainnet.data.base import Batch, Corpus, Split
 from brainnet.registry import CORPORA
 
@@ -247,17 +248,18 @@ class TaskCorpus(Corpus):
             None, ge=1, description="how many of `domains` (the first ones) exist before the shift"
         )
 
-        @model_validator(mode="after")
-        def _shift(self) -> TaskCorpus.Config:
+        @check("shift_step", "shift_domains", "domains")
+        def _shift(self) -> Problems:
             if (self.shift_step is None) != (self.shift_domains is None):
                 name = "shift_domains" if self.shift_domains is None else "shift_step"
-                raise ValueError(f"@field:{name}:null:shift_step and shift_domains go together")
-            if self.shift_domains is not None and self.shift_domains >= len(self.domains):
-                raise ValueError(
-                    f"@field:shift_domains:{self.shift_domains}:must be < the number of "
-                    f"domains ({len(self.domains)}), so that some domains are new"
+                yield problem(name, None, "shift_step and shift_domains go together")
+            elif self.shift_domains is not None and self.shift_domains >= len(self.domains):
+                yield problem(
+                    "shift_domains",
+                    self.shift_domains,
+                    f"must be < the number of domains ({len(self.domains)}), so that some "
+                    "domains are new",
                 )
-            return self
 
         @field_validator("domains")
         @classmethod

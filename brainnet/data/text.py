@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from brainnet.config import CorpusConfig
+from brainnet.config_errors import Problems, check, problem
 from brainnet.data.base import Batch, Corpus, Split
 from brainnet.registry import CORPORA
 
@@ -22,13 +22,17 @@ def resolve_text_path(path: str) -> Path:
     """A built-in text name or a file path -> an existing, non-empty, UTF-8 text file."""
     if path in BUILTIN_TEXTS:
         return Path(str(resources.files("brainnet.data") / BUILTIN_TEXTS[path]))
-    p = Path(path).expanduser()
     allowed = f"a UTF-8 text file or a built-in ({', '.join(BUILTIN_TEXTS)})"
-    if not p.exists():
-        raise ValueError(f"no such file; allowed: {allowed}")
-    if not p.is_file():
-        raise ValueError(f"not a file; allowed: {allowed}")
-    head = p.read_bytes()[: 1 << 16]
+    try:
+        p = Path(path).expanduser()
+        if not p.exists():
+            raise ValueError(f"no such file; allowed: {allowed}")
+        if not p.is_file():
+            raise ValueError(f"not a file; allowed: {allowed}")
+        head = p.read_bytes()[: 1 << 16]
+    except (OSError, RuntimeError) as e:  # name too long, unreadable, ~user without a home
+        reason = getattr(e, "strerror", None) or e
+        raise ValueError(f"cannot open ({reason}); allowed: {allowed}") from None
     if not head.strip():
         raise ValueError(f"file is empty; allowed: {allowed}")
     if b"\x00" in head:
@@ -56,17 +60,19 @@ class TextCorpus(Corpus):
             resolve_text_path(v)
             return v
 
-        @model_validator(mode="after")
-        def _long_enough(self) -> TextCorpus.Config:
+        @check("path", "val_fraction", "block_size")
+        def _long_enough(self) -> Problems:
             n = len(resolve_text_path(self.path).read_text(encoding="utf-8"))
             n_train = int(n * (1 - self.val_fraction))
             for split, size in (("train", n_train), ("val", n - n_train)):
                 if size < self.block_size + 1:
-                    raise ValueError(
-                        f"@field:path:{json.dumps(self.path)}:the {split} split has {size} "
-                        f"characters; allowed: at least block_size + 1 = {self.block_size + 1}"
+                    yield problem(
+                        "path",
+                        self.path,
+                        f"the {split} split has {size} characters; allowed: at least "
+                        f"block_size + 1 = {self.block_size + 1}",
                     )
-            return self
+                    return
 
     def __init__(self, cfg: Config) -> None:
         text = resolve_text_path(cfg.path).read_text(encoding="utf-8")

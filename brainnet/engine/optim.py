@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from brainnet.config import TrainConfig
 from brainnet.modules.bank import Bank
+
+
+def param_groups(params: Iterable[nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups of ordinary (unstacked) parameters: decay on matrices (dim >= 2), none on
+    vectors (biases, norms); nanoGPT's rule. Either group may be empty."""
+    ps = list(params)
+    return [
+        {"params": [p for p in ps if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in ps if p.dim() < 2], "weight_decay": 0.0},
+    ]
 
 
 def build_optimizer(
@@ -27,9 +39,7 @@ def build_optimizer(
     """
     groups = [g for bank in banks for g in bank.param_groups(cfg.weight_decay) if g["params"]]
     for mod in extra:
-        ps = list(mod.parameters())
-        groups.append({"params": [p for p in ps if p.dim() >= 2], "weight_decay": cfg.weight_decay})
-        groups.append({"params": [p for p in ps if p.dim() < 2], "weight_decay": 0.0})
+        groups += param_groups(mod.parameters(), cfg.weight_decay)
     groups = [g for g in groups if g["params"]]
     fused = device.type in ("cuda", "cpu")
     return torch.optim.AdamW(

@@ -21,11 +21,8 @@ from brainnet.learning.distill import (
     WarmupCorrectionConfig,
     distill_loss,
     ema_momentum,
-    gather_peers,
     kd_loss,
-    mates_index,
     mean_peer_kd,
-    peer_logits_from_clusters,
     peer_weights,
     warmup_correct,
 )
@@ -36,8 +33,8 @@ from brainnet.learning.emergence import (
     delta_phi,
     probe_batch,
 )
-from brainnet.learning.reorganize import RowPlan, keep, module_rows, resize_bank, spawn
 from brainnet.learning.teacher import FrozenTeacher
+from brainnet.modules.resize import RowPlan, keep, module_rows, resize_bank, spawn
 
 __all__ = [
     "CollapseConfig",
@@ -58,14 +55,11 @@ __all__ = [
     "distinct_n",
     "ema_momentum",
     "expected_calibration_error",
-    "gather_peers",
     "kd_loss",
     "keep",
-    "mates_index",
     "mean_peer_kd",
     "module_rows",
     "peer_disagreement",
-    "peer_logits_from_clusters",
     "peer_weights",
     "predictive_entropy",
     "probe_batch",

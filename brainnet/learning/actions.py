@@ -39,7 +39,9 @@ import torch
 from torch import Tensor
 
 from brainnet.config import ReorganizeConfig
-from brainnet.learning.reorganize import Layout, New, Ref, RowPlan
+from brainnet.learning.layout import Layout, New, Ref
+from brainnet.modules.resize import RowPlan
+from brainnet.registry import ACTIONS
 from brainnet.society.topology import Topology
 
 
@@ -252,11 +254,5 @@ def rewire(topo: Topology, ev: Evidence, cfg: ReorganizeConfig, lim: Limits) -> 
     return Layout(clusters, adjacency, None, detail)
 
 
-ACTIONS: dict[str, Action] = {
-    "replace": replace,
-    "split": split,
-    "merge": merge,
-    "spawn": spawn,
-    "prune": prune,
-    "rewire": rewire,
-}
+for _action in (replace, split, merge, spawn, prune, rewire):
+    ACTIONS.add(_action.__name__, _action)

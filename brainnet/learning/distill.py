@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -164,33 +164,6 @@ def distill_loss(
     return alpha * ce + (1.0 - alpha) * kd
 
 
-def gather_peers(logits: Tensor, peer_index: Tensor) -> Tensor:
-    """Peers' logits per module: logits [M, B, T, V], peer_index [M, P] long -> [M, P, B, T, V].
-
-    For router-selected (or any other) peer sets; one batched gather.
-    """
-    M, P = peer_index.shape
-    return logits.index_select(0, peer_index.reshape(-1)).view(M, P, *logits.shape[1:])
-
-
-def mates_index(n: int, device: torch.device | None = None) -> Tensor:
-    """[n, n − 1] long: row i lists 0..n−1 without i (built with tensor ops, no loop)."""
-    j = torch.arange(n - 1, device=device)  # [n-1]
-    i = torch.arange(n, device=device)  # [n]
-    return j[None, :] + (j[None, :] >= i[:, None]).long()  # [n, n-1]
-
-
-def peer_logits_from_clusters(logits: Tensor) -> Tensor:
-    """Each module's cluster mates: logits [C, n, B, T, V] -> [C·n, n − 1, B, T, V].
-
-    Row c·n + i holds the logits of modules (c, j), j ≠ i, in increasing j. One gather with an
-    index tensor; n = 1 gives an empty peer axis.
-    """
-    C, n = logits.shape[:2]
-    peers = logits[:, mates_index(n, logits.device)]  # [C, n, n-1, B, T, V]
-    return peers.reshape(C * n, n - 1, *logits.shape[2:])
-
-
 # --------------------------------------------------------------------------- EMA teacher
 
 
@@ -221,10 +194,8 @@ class EMATeacher:
     optimiser sees it. ``update(step)`` is ONE ``torch._foreach_lerp_`` over all stacked
     tensors of all banks: teacher ← teacher + (1 − m)·(student − teacher).
     ``banks[b]`` mirrors student bank b row for row, so it follows a reorganisation
-    (``resizable``; a ``FrozenTeacher`` from another run does not).
+    (``mirror``; a ``FrozenTeacher`` from another run does not).
     """
-
-    resizable: ClassVar[bool] = True
 
     def __init__(
         self, banks: Sequence[Bank], cfg: EMAConfig | None = None, total_steps: int | None = None
@@ -239,6 +210,15 @@ class EMATeacher:
             teacher.eval()
             self.banks.append(teacher)
         self.last_momentum: float | None = None
+
+    def mirror(self, bank_index: int) -> Bank:
+        """The teacher bank that mirrors student bank ``bank_index`` row for row (a
+        reorganisation resizes it with the students)."""
+        return self.banks[bank_index]
+
+    def scorer(self, bank_index: int) -> Bank:
+        """What Warmup-Distill scores student samples with: the teacher's own bank."""
+        return self.banks[bank_index]
 
     def momentum(self, step: int) -> float:
         return ema_momentum(step, self.cfg, self.total_steps)

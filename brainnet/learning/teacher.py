@@ -1,4 +1,5 @@
-"""A frozen teacher: the trained modules of an earlier brainnet run (``distill.teacher: run``).
+"""Teachers: what consolidation needs of one (``Teacher``), and the frozen teacher, the trained
+modules of an earlier brainnet run (``distill.teacher: run``; the EMA teacher is in distill.py).
 
 The checkpoint of the teacher run holds its resolved scenario and its model state; the banks
 are rebuilt from that scenario, loaded, put in eval mode with ``requires_grad_(False)`` and
@@ -22,9 +23,9 @@ so the KD term is exactly that of the module's raw logits.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Protocol
 
 import torch
 import yaml
@@ -39,17 +40,40 @@ from brainnet.modules.bank import Bank
 FIELD = "distill.teacher_run"
 
 
+class Teacher(Protocol):
+    """What consolidation asks of a teacher (``EMATeacher``, ``FrozenTeacher``)."""
+
+    def logits(self, bank_index: int, tokens: Tensor) -> Tensor:
+        """Teacher logits for student bank ``bank_index``'s tokens [M, B, T] -> [M, B, T, V]."""
+        ...
+
+    def scorer(self, bank_index: int) -> Bank | Callable[[Tensor], Tensor]:
+        """What Warmup-Distill scores that bank's samples with (``warmup_correct``)."""
+        ...
+
+    def mirror(self, bank_index: int) -> Bank | None:
+        """The teacher bank that follows student bank ``bank_index`` through a reorganisation
+        (resized with it), or None when the teacher does not follow the students."""
+        ...
+
+    def update(self, step: int) -> float | None:
+        """After each optimiser step (the EMA moves; a frozen teacher does not)."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
 class FrozenTeacher:
     """The frozen modules of an earlier run, with the interface the consolidation pass uses
     from ``EMATeacher``: ``logits(b, tokens)``, ``update(step)`` (a no-op), ``state_dict`` /
     ``load_state_dict`` (the path only) and ``banks``.
 
     ``banks`` are the TEACHER RUN's banks, not one per student bank: a frozen teacher does not
-    follow a reorganisation of the students (``resizable`` is False; ``EMATeacher.resizable``
-    is True). Build it with ``FrozenTeacher.load(path, corpus, device)``.
+    follow a reorganisation of the students (``mirror`` is None). Build it with
+    ``FrozenTeacher.load(path, corpus, device)``.
     """
-
-    resizable: ClassVar[bool] = False
 
     def __init__(self, banks: Sequence[Bank], path: str | Path | None = None) -> None:
         self.banks: list[Bank] = list(banks)
@@ -90,10 +114,10 @@ class FrozenTeacher:
             ) from None
         t_corpus = build_corpus(sc.corpus, sc.seed)
         _check_corpus(shown, t_corpus, corpus)
-        # independent modules: the model is the ModuleList of banks ("0.wte", ...); a society
-        # holds them as "banks.0.wte", ... — its modules are used alone, without memory
-        prefix = "" if sc.society is None else "banks."
+        # every run holds its banks as "banks.0.wte", ... (checkpoints of independent modules
+        # written before they became a society: "0.wte", ...); the modules are used alone
         model = state["model"]
+        prefix = "banks." if any(k.startswith("banks.") for k in model) else ""
         banks = []
         for i, group in enumerate(sc.modules):
             sd = {
@@ -152,6 +176,14 @@ class FrozenTeacher:
 
     def update(self, step: int) -> None:
         """A frozen teacher does not move."""
+
+    def mirror(self, bank_index: int) -> None:
+        """A frozen teacher does not follow a reorganisation of the students."""
+        return None
+
+    def scorer(self, bank_index: int) -> Callable[[Tensor], Tensor]:
+        """Warmup-Distill scores with the teacher's mixture (``logits``)."""
+        return lambda x: self.logits(bank_index, x)
 
     # ------------------------------------------------------------------ checkpoints
 

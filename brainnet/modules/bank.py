@@ -209,19 +209,12 @@ def _plain(x: Tensor) -> bool:
     return x.device.type != "cpu" or torch.is_autocast_enabled(x.device.type)
 
 
-def bank_layer_norm(x: Tensor, w: Tensor, b: Tensor | None, eps: float = 1e-5) -> Tensor:
-    """Per-module LayerNorm over the last dim. x [M, ..., D], w / b [M, D]."""
-    shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)
-    y = F.layer_norm(x, x.shape[-1:], eps=eps) * w.view(shape)
-    return y if b is None else y + b.view(shape)
-
-
 def fold_layer_norm(
     ln_w: Tensor, ln_b: Tensor | None, w: Tensor, b: Tensor | None
 ) -> tuple[Tensor, Tensor | None]:
     """A LayerNorm's affine folded into the linear layer that reads it.
 
-    ``bank_layer_norm(x, ln_w, ln_b) @ w + b == F.layer_norm(x) @ w' + b'`` with
+    ``(F.layer_norm(x) * ln_w + ln_b) @ w + b == F.layer_norm(x) @ w' + b'`` with
     ``w' = ln_w[:, :, None] * w`` and ``b' = b + ln_b @ w``: the per-module scale and shift then
     cost a pass over the weights [M, D, d_out] instead of two over the activations [M, N, D].
     ln_w / ln_b [M, D], w [M, D, d_out], b [M, d_out] | None -> (w' [M, D, d_out], b' | None);

@@ -36,10 +36,11 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import Tensor, nn
 
 from brainnet.config import ModuleConfig
+from brainnet.config_errors import Problems, check, problem
 from brainnet.modules.bank import (
     HEAD_KEYS,
     OUTPUT_HEADS,
@@ -75,11 +76,10 @@ class TransformerConfig(ModuleConfig):
         description="modules per forward pass; unset: whole bank on a GPU, cache-sized on a CPU",
     )
 
-    @model_validator(mode="after")
-    def _heads_divide(self) -> TransformerConfig:
+    @check("n_head", "d_model")
+    def _heads_divide(self) -> Problems:
         if self.d_model % self.n_head:
-            raise ValueError(f"@field:n_head:{self.n_head}:must divide d_model ({self.d_model})")
-        return self
+            yield problem("n_head", self.n_head, f"must divide d_model ({self.d_model})")
 
 
 @MODULE_TYPES.register("transformer")

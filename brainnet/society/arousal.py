@@ -23,11 +23,27 @@ arousal on the host once per log interval (``read``) and use it until the next o
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from brainnet.config import ArousalConfig  # noqa: F401 (re-exported)
+from brainnet.config import ArousalConfig, SocietyConfig
+
+
+@dataclass
+class Knobs:
+    """What arousal sets for a step (host values, changed at log intervals only)."""
+
+    k: int
+    rounds: int
+    temperature: float
+    threshold: float
+
+    @classmethod
+    def fixed(cls, cfg: SocietyConfig) -> Knobs:
+        """The society's own settings, for a society without (or with a disabled) arousal."""
+        return cls(cfg.router.top_k, cfg.rounds, cfg.router.temperature, cfg.blackboard.threshold)
 
 
 def _lerp(lo: float, hi: float, a: float) -> float:
@@ -127,6 +143,16 @@ class Arousal:
         return both[0], both[1]
 
     # ----------------------------------------------------------------------------- maps
+
+    def knobs(self, a: float, society: SocietyConfig) -> Knobs:
+        """Router k, rounds, temperature and board threshold at arousal ``a`` (the society's
+        fixed settings when arousal is disabled)."""
+        if not self.cfg.enabled:
+            return Knobs.fixed(society)
+        k = self.k(a, society.router.top_k)
+        if society.router.k_max is not None:  # the router's ceiling holds whatever k_range says
+            k = min(k, society.router.k_max)
+        return Knobs(k, self.rounds(a), self.temperature(a), self.threshold(a))
 
     def k(self, a: float, default_k: int) -> int:
         """Router k at arousal ``a``: lo..hi of k_range, rounded half up; default_k if unset."""

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from brainnet.config import RouterConfig  # noqa: F401 (re-exported)
+from brainnet.modules.resize import RowPlan, resize_rows
 
 
 class Dispatch(NamedTuple):
@@ -103,6 +104,20 @@ class Router(nn.Module):
     def k_max(self) -> int:
         """Largest k arousal may ask for."""
         return self.cfg.k_max or self.cfg.top_k
+
+    @torch.no_grad()
+    def resize(
+        self,
+        plan: RowPlan,
+        optimizer: torch.optim.Optimizer | None,
+        noise: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        """Give the gate one output row per cluster of a new layout (``plan``: surviving rows
+        kept exactly, with their AdamW state; new rows copied from a parent, plus noise)."""
+        params = ["weight", "bias"]
+        resize_rows(self.gate, params, plan, optimizer, noise=noise, generator=generator)
+        self.n_clusters = self.gate.out_features = self.gate.weight.shape[0]
 
     def forward(
         self,

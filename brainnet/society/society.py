@@ -20,17 +20,20 @@ log intervals only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from brainnet.config import Scenario
+from brainnet.config import Scenario, SocietyConfig
 from brainnet.data import Batch
 from brainnet.modules import build_bank
+from brainnet.modules.resize import RowPlan
+from brainnet.society import accounting
 from brainnet.society import blackboard as board_ops
+from brainnet.society.arousal import Knobs
 from brainnet.society.clock import Plan, plan_step
 from brainnet.society.cluster import (
     aggregate_mates,
@@ -39,65 +42,28 @@ from brainnet.society.cluster import (
     merge_uniform,
     take,
 )
-from brainnet.society.router import Router, routing_entropy
+from brainnet.society.independent import independent_step
+from brainnet.society.output import Alone, StepOut
+from brainnet.society.router import Router, capacity, routing_entropy
 from brainnet.society.topology import Topology, build_topology
+from brainnet.society.waves import Wave, wave_tensors
 
-
-@dataclass
-class Knobs:
-    """What arousal sets for a step (host values, changed at log intervals only)."""
-
-    k: int
-    rounds: int
-    temperature: float
-    threshold: float
-
-
-@dataclass
-class StepOut:
-    loss: Tensor  # [] what is minimised
-    task_loss: Tensor  # [] CE of the society's merged prediction
-    module_loss: Tensor  # [N] CE of each module on the sequences it processed (nan if none)
-    stats: dict[str, Tensor]  # device scalars / vectors for logging (see Society.forward)
-    trace: list[tuple[str, Any, Any]] = field(default_factory=list)  # (kind, sender, receiver)
-    route: Any = None  # the router's decision (routed topologies)
-    logits: Tensor | None = None  # [C, n, cap, T, V] every module's final prediction
-    seq_index: Tensor | None = None  # [C, cap] which sequence sits in each buffer row
-    # [C, n, cap, T, V] every module's prediction in its first firing, when that firing read no
-    # memory for every cluster (Society.first_alone): each module alone on its sequences
-    first_logits: Tensor | None = None
-
-
-@dataclass
-class _Wave:
-    """Static index tensors of one wave of a plan (built once per plan, kept on the device)."""
-
-    clusters: Tensor  # [w] long
-    bank_idx: list[Tensor | None]  # per bank: rows of the wave's modules (None = all rows)
-    row_pos: list[Tensor]  # per bank [r_b]: wave position of each row's cluster (unequal only)
-    dest: list[Tensor]  # per bank [r_b]: flat slot (position * n + slot) of each row (unequal)
-    mates: Tensor  # [w] bool: the cluster has fired before (its mates' messages exist)
-    inputs: Tensor  # [w, I] long: inter-cluster sources, clamped to >= 0
-    input_ok: Tensor  # [w, I] bool: that source exists and has fired before
-    board: bool  # the blackboard has been written before this wave
-    any_memory: bool
-    in_wave: Tensor  # [C] bool
-
-    def all_alone(self, n_clusters: int) -> bool:
-        """Every cluster fires in this wave and none reads memory: each module's prediction is
-        its own, alone (what consolidation distils)."""
-        return len(self.clusters) == n_clusters and not self.any_memory
+#: ``hook(wave, writes)`` after each wave: writes [N] = board writes of each module in it
+WaveHook = Callable[[Wave, Tensor], None]
 
 
 class Society(nn.Module):
     """All modules of a scenario, wired as ``scenario.society`` says."""
 
-    def __init__(self, sc: Scenario, vocab_size: int, block_size: int) -> None:
+    def __init__(self, sc: Scenario, vocab_size: int, block_size: int, n_domains: int) -> None:
         super().__init__()
-        cfg = sc.society
-        assert cfg is not None
+        # society: null means independent modules, the degenerate society
+        cfg = sc.society or SocietyConfig.model_construct(topology="independent", clusters=1)
         self.cfg = cfg
         self.vocab_size = vocab_size
+        self.block_size = block_size
+        self.n_domains = n_domains  # D: per-domain losses and the domain x cluster table
+        self.wave_hooks: list[WaveHook] = []  # observers of each wave (delivery tests, traces)
         counts = [g.count for g in sc.modules]
         topo = build_topology(cfg.topology, cfg.clusters, counts, cfg.intra, sc.seed)
         self.banks = nn.ModuleList(build_bank(g, vocab_size, block_size) for g in sc.modules)
@@ -127,7 +93,7 @@ class Society(nn.Module):
         self.has_inputs = any(topo.inputs)
         self.n_memory = self.slots + int(self.has_mates) + int(self.has_inputs)  # P
         self.communicates = self.n_memory > 0
-        self._plans: dict[tuple[int, int], tuple[Plan, list[_Wave]]] = {}
+        self._plans: dict[tuple[int, int], tuple[Plan, list[Wave]]] = {}
 
     @property
     def n_modules(self) -> int:
@@ -135,13 +101,13 @@ class Society(nn.Module):
 
     # ------------------------------------------------------------------ the plan
 
-    def plan(self, rounds: int, cap: int) -> tuple[Plan, list[_Wave]]:
+    def plan(self, rounds: int, cap: int) -> tuple[Plan, list[Wave]]:
         """The clock's plan for ``rounds`` feedback rounds (cached), with its index tensors."""
         rounds = rounds if self.communicates else 0
         key = (rounds, cap)
         if key not in self._plans:
             clock = self.cfg.clock
-            tokens = cap * self.banks[0].block_size
+            tokens = cap * self.block_size
             flops = 6 * max(b.num_params_per_module() for b in self.banks) * tokens
             bytes_ = tokens * self.message_dim * 4
             plan = plan_step(
@@ -149,61 +115,91 @@ class Society(nn.Module):
                 compute_time=flops / clock.flops_per_ms,
                 link_time=clock.latency_ms + bytes_ / clock.bytes_per_ms,
             )
-            self._plans[key] = (plan, self._wave_tensors(plan))
+            waves = wave_tensors(self.topology, plan, self.has_mates, self.adjacency.device)
+            self._plans[key] = (plan, waves)
         return self._plans[key]
 
-    def first_alone(self, rounds: int, cap: int) -> bool:
-        """Whether the first wave of the plan holds every cluster and reads no memory: then
-        each module's first prediction is its own, alone (what consolidation distils)."""
-        return self.plan(rounds, cap)[1][0].all_alone(self.topology.n_clusters)
+    # ------------------------------------------------------------------ costs
 
-    def _wave_tensors(self, plan: Plan) -> list[_Wave]:
-        topo, dev = self.topology, self.adjacency.device
-        C = topo.n_clusters
-        fired: set[int] = set()
-        width = max([len(i) for i in topo.inputs] + [1])
-        n = topo.cluster_size
-        waves = []
-        for i, (_, firings) in enumerate(plan.waves):
-            cl = sorted({f.cluster for f in firings})
-            full = len(cl) == C
-            bank_idx, row_pos, dest = [], [], []
-            for b in range(topo.n_banks):  # rows of the wave's clusters, cluster-major
-                rows, pos, slot = [], [], []
-                for p, c in enumerate(cl):
-                    n_bc, first = topo.sizes[c][b], topo.row_start(b, c)
-                    before = sum(topo.sizes[c][:b])  # slots of earlier banks in cluster c
-                    rows += range(first, first + n_bc)
-                    pos += [p] * n_bc
-                    slot += [p * n + before + j for j in range(n_bc)]
-                bank_idx.append(None if full else torch.tensor(rows, dtype=torch.long))
-                row_pos.append(torch.tensor(pos, dtype=torch.long, device=dev))
-                dest.append(torch.tensor(slot, dtype=torch.long, device=dev))
-            src = [topo.inputs[c] + [-1] * (width - len(topo.inputs[c])) for c in cl]
-            ok = [[s >= 0 and s in fired for s in row] for row in src]
-            mates = [c in fired for c in cl]
-            board = topo.blackboard and i > 0
-            any_memory = board or (self.has_mates and any(mates)) or any(map(any, ok))
-            waves.append(
-                _Wave(
-                    clusters=torch.tensor(cl, device=dev),
-                    bank_idx=[None if b is None else b.to(dev) for b in bank_idx],
-                    row_pos=row_pos,
-                    dest=dest,
-                    mates=torch.tensor(mates, device=dev),
-                    inputs=torch.tensor(src, device=dev).clamp(min=0),
-                    input_ok=torch.tensor(ok, device=dev, dtype=torch.bool),
-                    board=board,
-                    any_memory=any_memory,
-                    in_wave=torch.isin(torch.arange(C, device=dev), torch.tensor(cl, device=dev)),
-                )
-            )
-            fired.update(cl)
-        return waves
+    def capacity(self, knobs: Knobs, batch_size: int) -> int:
+        """Buffer rows per cluster: the router's capacity at ``knobs.k``, else the batch."""
+        if self.router is None:
+            return batch_size
+        C = self.topology.n_clusters
+        return capacity(min(knobs.k, C), batch_size, C, self.cfg.router.capacity_factor)
+
+    def module_tokens(self, knobs: Knobs, batch_size: int) -> float:
+        """Module-token passes of one step at ``knobs`` (what throughput and MFU count)."""
+        cap = self.capacity(knobs, batch_size)
+        plan, _ = self.plan(knobs.rounds, cap)
+        return accounting.module_tokens(plan, self.topology.cluster_sizes, cap, self.block_size)
+
+    def interval_row(self, stats: dict, knobs: Knobs, batch_size: int) -> dict:
+        """Metrics columns from one log interval's mean stats, charged at the ``knobs`` the
+        interval ran with: communication, routing, blackboard and per-domain losses
+        (independent modules: the mean over modules of what is left, e.g. distill_loss)."""
+        if not self.topology.merged:
+            return {k: float(v.mean()) for k, v in stats.items()}
+        plan, _ = self.plan(knobs.rounds, self.capacity(knobs, batch_size))
+        out = accounting.communication(stats, plan, self.block_size, self.message_dim, self.slots)
+        out["domain_loss"] = accounting.by_domain(stats)
+        for k, v in stats.items():
+            out[k] = v.tolist() if isinstance(v, Tensor) else v
+        return out
+
+    # ------------------------------------------------------------------ layout
+
+    @torch.no_grad()
+    def adopt_layout(
+        self,
+        sizes: list[list[int]],
+        adjacency: list[Tensor | None],
+        router: RowPlan | None,
+        seed: int,
+        optimizer: torch.optim.Optimizer | None = None,
+        noise: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> Topology:
+        """After the banks were resized to ``sizes[c][b]``: the new topology (each cluster's
+        adjacency, None = wired as ``intra`` says) and, when the clusters changed identity,
+        the router's gate rows (``router``). Returns the new topology."""
+        new = self.topology.relayout(sizes, adjacency, seed)
+        if router is not None and self.router is not None:
+            self.router.resize(router, optimizer, noise, generator)
+        self.set_topology(new)
+        return new
+
+    # ------------------------------------------------------------------ alone
+
+    def alone(self, out: StepOut, batch: Batch, b: int) -> Alone | None:
+        """Bank ``b``'s modules' predictions in a pass where each ran alone (``first_logits``),
+        in bank row order, with their tokens, targets and valid rows; None if the step had no
+        such pass."""
+        first = out.first_logits
+        if first is None:
+            return None
+        if isinstance(first, list):  # independent modules: each on the whole batch
+            M = self.banks[b].n_modules
+            return Alone(first[b], batch.x.unsqueeze(0).expand(M, -1, -1), batch.y, None)
+        assert out.seq_index is not None
+        C, n = first.shape[:2]
+        B, T = batch.x.shape
+        ids = self.module_ids.flatten()  # [C*n] global id per slot (N: empty)
+        slot = torch.zeros(self.n_modules + 1, dtype=torch.long, device=ids.device)
+        slot.scatter_(0, ids, torch.arange(C * n, device=ids.device))  # global id -> slot
+        off = self.topology.bank_offset(b)
+        slots = slot[off : off + self.banks[b].n_modules]  # [M]
+        seq = out.seq_index.repeat_interleave(n, 0).index_select(0, slots)  # [M, cap]
+        pad = lambda t: torch.cat([t, t.new_zeros(1, T)])  # noqa: E731  (row B = padding)
+        student = first.flatten(0, 1).index_select(0, slots)  # [M, cap, T, V]
+        return Alone(student, pad(batch.x)[seq], pad(batch.y)[seq], seq < B)
 
     # ------------------------------------------------------------------ one step
 
-    def forward(self, batch: Batch, knobs: Knobs, record: bool = False) -> StepOut:
+    def forward(self, batch: Batch, knobs: Knobs) -> StepOut:
+        """One step of the society on ``batch`` at ``knobs`` (no host sync)."""
+        if not self.topology.merged:
+            return independent_step(self.banks, batch)
         x, y = batch.x, batch.y
         B, T = x.shape
         topo = self.topology
@@ -233,7 +229,6 @@ class Society(nn.Module):
         board = board_ops.empty(B, T, S, Dm, device=dev) if S else None
         count = {k: x.new_zeros((), dtype=torch.float) for k in ("mate", "input", "read", "write")}
         writes = x.new_zeros(self.n_modules, dtype=torch.float)  # board writes per module
-        trace: list[tuple[str, Any, Any]] = []
 
         first = None
         for i, wave in enumerate(waves):
@@ -243,23 +238,21 @@ class Society(nn.Module):
             memory = mask = None
             if wave.any_memory:
                 memory, mask = self._memory(wave, sidx, T, msgs, board, count, active)
-                if record:
-                    trace += self._trace_reads(wave)
             if self.uniform:
                 new_logits, new_msg, new_sal = self._run_banks(wave, toks, memory, mask)
             else:
                 new_logits, new_msg, new_sal = self._run_banks_padded(wave, toks, memory, mask)
             if i == 0 and wave.all_alone(C):
-                first = new_logits  # [C, n, cap, T, V] every module alone (first_alone)
+                first = new_logits  # [C, n, cap, T, V] every module alone
             logits = _update(logits, W, new_logits, C)
             msgs = _update(msgs, W, new_msg, C)
             sal = _update(sal, W, new_sal, C)
+            wrote = None
             if board is not None and route is not None:
-                before = writes.clone() if record else None
-                board = self._write_board(board, route, msgs, sal, wave, knobs, count, writes)
-                if record:  # this wave's writers only
-                    new = (writes > before).nonzero().flatten().tolist()
-                    trace += [("write", m, "blackboard") for m in new]
+                board, wrote = self._write_board(board, route, msgs, sal, wave, knobs, count)
+                writes = writes + wrote
+            for hook in self.wave_hooks:
+                hook(wave, writes.new_zeros(self.n_modules) if wrote is None else wrote)
 
         assert logits is not None
         # merge: the society's prediction
@@ -283,7 +276,6 @@ class Society(nn.Module):
             mean_ce = module_ce.mean()
         else:  # empty slots hold no module
             mean_ce = (module_ce * self.member).sum() / self.member.sum()
-        loss = task_loss + self.cfg.module_loss_weight * mean_ce
         idle = (active == 0)[:, None].expand(C, n)  # a module that saw no sequence: NaN
         module_loss = torch.empty(self.n_modules + 1, device=dev).scatter_(
             0,
@@ -298,8 +290,9 @@ class Society(nn.Module):
             "board_writes": writes,
             "cluster_active": active,
         }
+        aux = None
         if route is not None:
-            loss = loss + self.router.aux_loss(route)
+            aux = self.router.aux_loss(route)
             d = route.dispatch
             stats.update(
                 load=d.load.float(),
@@ -308,18 +301,44 @@ class Society(nn.Module):
                 balance_loss=route.balance_loss,
                 z_loss=route.z_loss,
                 router_probs=route.probs.mean(0),
-                chosen=route.chosen,
-                kept=d.kept,
             )
         if board is not None:
             stats["board_occupancy"] = board.occupancy.float().mean()
-        stats["seq_nll"] = nll.mean(1).detach()  # [B] for per-domain losses
         cl_nll = -(lp.gather(-1, y_pad.unsqueeze(-1)).squeeze(-1)).mean(-1)  # [C, cap]
         stats["cluster_loss"] = (cl_nll * valid).sum(1) / active.clamp(min=1)  # [C]
-        return StepOut(loss, task_loss, module_loss, stats, trace, route, logits, seq_index, first)
+        stats.update(self._by_domain(batch.domain, nll.mean(1).detach(), route))
+        return StepOut(
+            task_loss=task_loss,
+            module_terms=mean_ce,
+            module_loss=module_loss,
+            merged=True,
+            aux_loss=aux,
+            stats=stats,
+            route=route,
+            logits=logits,
+            seq_index=seq_index,
+            first_logits=first,
+        )
+
+    def _by_domain(self, dom: Tensor, seq_nll: Tensor, route: Any) -> dict[str, Tensor]:
+        """Per-domain loss sums and counts (dom [B] long, seq_nll [B]) and, when routed, the
+        domain x cluster routing counts [D*C]; no host sync."""
+        D, C = self.n_domains, self.topology.n_clusters
+        out = {
+            "domain_loss_sum": torch.zeros(D, device=dom.device).scatter_add_(0, dom, seq_nll),
+            "domain_count": torch.zeros(D, device=dom.device).scatter_add_(
+                0, dom, torch.ones_like(dom, dtype=torch.float)
+            ),
+        }
+        if route is not None:
+            flat = (dom[:, None] * C + route.chosen).flatten()
+            out["domain_cluster"] = torch.zeros(D * C, device=dom.device).scatter_add_(
+                0, flat, route.dispatch.kept.flatten().float()
+            )
+        return out
 
     def _run_banks(
-        self, wave: _Wave, toks: Tensor, memory: Tensor | None, mask: Tensor | None
+        self, wave: Wave, toks: Tensor, memory: Tensor | None, mask: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Equal clusters: ONE call per bank on views of the wave's slots.
 
@@ -340,7 +359,7 @@ class Society(nn.Module):
         return tuple(torch.cat(parts, dim=1) for parts in zip(*outs, strict=True))
 
     def _run_banks_padded(
-        self, wave: _Wave, toks: Tensor, memory: Tensor | None, mask: Tensor | None
+        self, wave: Wave, toks: Tensor, memory: Tensor | None, mask: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Unequal clusters: ONE call per bank on its rows of the wave, gathered from and
         scattered into the padded [w, n] slots (empty slots: logits 0, message 0, salience
@@ -379,7 +398,7 @@ class Society(nn.Module):
 
     def _memory(
         self,
-        wave: _Wave,
+        wave: Wave,
         sidx: Tensor,
         T: int,
         msgs: Tensor | None,
@@ -432,12 +451,13 @@ class Society(nn.Module):
         route: Any,
         msgs: Tensor,
         sal: Tensor,
-        wave: _Wave,
+        wave: Wave,
         knobs: Knobs,
         count: dict[str, Tensor],
-        writes: Tensor,
-    ) -> board_ops.BoardWrite:
-        """The wave's modules propose (message, sigmoid(salience)) for their sequences."""
+    ) -> tuple[board_ops.BoardWrite, Tensor]:
+        """The wave's modules propose (message, sigmoid(salience)) for their sequences.
+        Returns the new board and each module's writes in this wave [N] ((sequence, module)
+        pairs that won a slot at some position)."""
         C, n, cap, T, Dm = msgs.shape
         B, k = route.chosen.shape
         d = route.dispatch
@@ -468,26 +488,9 @@ class Society(nn.Module):
         writer = self.module_ids[cluster, mate]  # [B, T, S]
         hit = torch.zeros(B, self.n_modules, device=msgs.device)
         hit.scatter_(1, torch.where(won, writer, 0).view(B, -1), won.view(B, -1).float())
-        writes += (hit > 0).float().sum(0)  # (module, sequence) pairs that wrote this round
+        wrote = (hit > 0).float().sum(0)  # [N] (module, sequence) pairs that wrote this round
         count["write"] = count["write"] + (hit > 0).float().sum()
-        return new
-
-    def _trace_reads(self, wave: _Wave) -> list[tuple[str, Any, Any]]:
-        """Host-side record of the deliveries of a wave (tests and diagnostics only)."""
-        topo = self.topology
-        members = topo.clusters()
-        out = []
-        for i, c in enumerate(wave.clusters.tolist()):
-            if self.has_mates and wave.mates[i]:
-                a = topo.adjacency[c]
-                for r, s in a.nonzero().tolist():
-                    out.append(("mate", members[c][s], members[c][r]))
-            for src, ok in zip(wave.inputs[i].tolist(), wave.input_ok[i].tolist(), strict=True):
-                if ok:
-                    out += [("input", s, r) for s in members[src] for r in members[c]]
-            if wave.board:
-                out += [("read", "blackboard", m) for m in members[c]]
-        return out
+        return new, wrote
 
 
 def _update(state: Tensor | None, W: Tensor, new: Tensor, C: int) -> Tensor:

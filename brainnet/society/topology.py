@@ -14,17 +14,10 @@ This is the only networkx user in the core. It turns a scenario into
   dependencies into simulated times, and firings at the same instant run as one bank call;
 * how cluster outputs are merged into the society's prediction.
 
-Topologies (``society.topology``):
-
-============  =============================================================================
-pipeline      clusters in a chain; cluster c reads cluster c-1's messages (wavefront rounds)
-ensemble      modules work alone (no messages); the prediction averages all clusters
-feedback      a chain bottom-up plus top-down messages from c+1 to c over the rounds
-routing       the router picks top-k clusters per sequence; dense talk inside clusters
-brain         routing + blackboard + feedback rounds + arousal (the default society)
-all_to_all    baseline: one cluster in which every module reads every other
-monolith      baseline: one big module, no communication
-============  =============================================================================
+Topologies (``society.topology``) are the ``Kind`` entries of ``brainnet.registry.TOPOLOGIES``
+(a plugin adds one with ``TOPOLOGIES.add(name, Kind(...))``); ``brainnet scenarios`` and the
+table in docs/architecture.md list them. ``independent`` is the degenerate society of modules
+that work alone, each on its own loss (what ``society: null`` means).
 """
 
 from __future__ import annotations
@@ -35,7 +28,48 @@ import networkx as nx
 import torch
 from torch import Tensor
 
-TOPOLOGIES = ("pipeline", "ensemble", "feedback", "routing", "brain", "all_to_all", "monolith")
+from brainnet.registry import TOPOLOGIES
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What a topology name means: how its clusters are wired and how they are merged."""
+
+    doc: str  # one line, for listings
+    chain: bool = False  # cluster c reads cluster c-1's messages (bottom-up, same round)
+    top_down: bool = False  # ... and cluster c+1's from the previous round (feedback)
+    routed: bool = False  # the router picks top-k clusters per sequence
+    blackboard: bool = False  # a global workspace is shared (per sequence)
+    one_cluster: bool = False  # one cluster whatever ``society.clusters`` says
+    intra: str | None = None  # forced intra-cluster wiring ("none": no mates) or the config's
+    merge: str = "all"  # "all" clusters, the "last" one, or "none": each module is its own task
+
+    def __post_init__(self) -> None:
+        if self.routed and (self.chain or self.top_down):
+            # a routed cluster's buffer row r holds another sequence than its input's row r
+            raise ValueError("a routed topology cannot read other clusters' messages (chain)")
+        if self.merge not in ("all", "last", "none"):
+            raise ValueError(f"merge = {self.merge!r}: allowed: 'all', 'last', 'none'")
+
+
+for _name, _kind in {
+    "pipeline": Kind("clusters in a chain; cluster c reads cluster c-1's messages", chain=True,
+                     merge="last"),
+    "ensemble": Kind("modules work alone (no messages); the prediction averages all clusters",
+                     intra="none"),
+    "feedback": Kind("a chain bottom-up plus top-down messages from c+1 to c over the rounds",
+                     chain=True, top_down=True),
+    "routing": Kind("the router picks top-k clusters per sequence; dense talk inside clusters",
+                    routed=True),
+    "brain": Kind("routing + blackboard + feedback rounds + arousal (the default society)",
+                  routed=True, blackboard=True),
+    "all_to_all": Kind("baseline: one cluster in which every module reads every other",
+                       one_cluster=True),
+    "monolith": Kind("baseline: one big module, no communication", one_cluster=True),
+    "independent": Kind("modules alone, each trained on its own loss (society: null)",
+                        one_cluster=True, intra="none", merge="none"),
+}.items():  # fmt: skip
+    TOPOLOGIES.add(_name, _kind)
 
 
 @dataclass(frozen=True)
@@ -59,6 +93,15 @@ class Topology:
     merge: list[int]  # clusters whose outputs form the prediction (when not routed)
     intra: str = "complete"  # how a new or changed cluster is wired inside
     graph: nx.DiGraph = field(default_factory=nx.DiGraph, repr=False)  # module-level graph
+
+    @property
+    def spec(self) -> Kind:
+        return TOPOLOGIES.get(self.kind)
+
+    @property
+    def merged(self) -> bool:
+        """The society makes one prediction from its clusters (every kind but independent)."""
+        return self.spec.merge != "none"
 
     @property
     def n_banks(self) -> int:
@@ -185,16 +228,16 @@ class Topology:
         and with a blackboard every round waits for the whole previous round (the board's
         competition needs every proposal).
         """
-        C = self.n_clusters
+        C, spec = self.n_clusters, self.spec
         out = []
         for r in range(rounds + 1):
             for c in range(C):
                 after: list[tuple[int, int]] = []
                 if r > 0:
                     after += [(c2, r - 1) for c2 in range(C)] if self.blackboard else [(c, r - 1)]
-                if self.kind in ("pipeline", "feedback") and c > 0:
+                if spec.chain and c > 0:
                     after.append((c - 1, r))  # bottom-up, same round
-                if self.kind == "feedback" and r > 0 and c < C - 1:
+                if spec.top_down and r > 0 and c < C - 1:
                     after.append((c + 1, r - 1))  # top-down, previous round
                 out.append(Firing(c, r, tuple(dict.fromkeys(after))))
         return out
@@ -204,26 +247,22 @@ def build_topology(
     kind: str, n_clusters: int, group_counts: list[int], intra: str = "complete", seed: int = 0
 ) -> Topology:
     """The society graph for ``kind`` with C clusters over module groups of the given counts."""
-    if kind in ("all_to_all", "monolith"):
-        n_clusters = 1
-    C = n_clusters
+    spec: Kind = TOPOLOGIES.get(kind)
+    C = 1 if spec.one_cluster else n_clusters
     bank_sizes = [count // C for count in group_counts]
     n = sum(bank_sizes)
-    if kind == "ensemble":
-        intra = "none"
+    intra = spec.intra or intra
     adjacency = torch.stack([_intra_adjacency(intra, n, seed + c) for c in range(C)])
     inputs = [[] for _ in range(C)]
-    if kind in ("pipeline", "feedback"):
+    if spec.chain:
         for c in range(1, C):
             inputs[c].append(c - 1)
-    if kind == "feedback":
+    if spec.top_down:
         for c in range(C - 1):
             inputs[c].append(c + 1)
-    routed = kind in ("routing", "brain")
-    blackboard = kind == "brain"
-    merge = [C - 1] if kind == "pipeline" else list(range(C))
+    merge = {"last": [C - 1], "none": []}.get(spec.merge, list(range(C)))
     sizes = [list(bank_sizes) for _ in range(C)]
-    topo = Topology(kind, C, sizes, adjacency, inputs, routed, blackboard, merge, intra)
+    topo = Topology(kind, C, sizes, adjacency, inputs, spec.routed, spec.blackboard, merge, intra)
     topo.graph = _module_graph(topo)
     return topo
 
