@@ -1,28 +1,79 @@
-"""Checkpoints: written atomically (temp file + fsync + os.replace), read with weights_only."""
+"""Checkpoints: written atomically (temp file + fsync + os.replace), read with weights_only,
+and checked on the way in.
+
+A checkpoint records the library versions that wrote it and a SHA-256 digest of its whole
+content (every tensor's bytes, every other value's repr), so that a truncated file, a flipped
+bit or a file from another brainnet format is refused with one line instead of being loaded
+into a run. Format 1 (no digest, written before 0.2) still loads.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
 
-FORMAT = 1
+FORMAT = 2
+READABLE = (1, 2)  # formats this brainnet reads
 
 
 class CheckpointError(ValueError):
-    """A checkpoint file is missing, unreadable or not a brainnet checkpoint."""
+    """A checkpoint file is missing, unreadable, damaged or not a brainnet checkpoint."""
+
+
+def versions() -> dict[str, str]:
+    """The versions of brainnet and of the libraries whose numbers a run depends on."""
+    out = {}
+    for name in ("brainnet", "torch", "numpy"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:  # pragma: no cover - a source tree without install
+            out[name] = "unknown"
+    out["torch"] = str(torch.__version__)  # a str subclass, which weights_only refuses
+    return out
+
+
+def digest(obj: Any) -> str:
+    """SHA-256 over a state's content in a fixed order: tensors by dtype, shape and bytes."""
+    h = hashlib.sha256()
+    _feed(obj, h)
+    return h.hexdigest()
+
+
+def _feed(obj: Any, h: Any) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        h.update(b"{")
+        for k in sorted(obj, key=repr):
+            h.update(repr(k).encode())
+            _feed(obj[k], h)
+        h.update(b"}")
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"[")
+        for v in obj:
+            _feed(v, h)
+        h.update(b"]")
+    else:
+        h.update(repr(obj).encode())
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Write ``state`` to ``path`` so that a crash never leaves a half-written file behind."""
     path = Path(path)
+    body = {"format": FORMAT, "versions": versions(), **state}
+    body["digest"] = digest(body)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
+            torch.save(body, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -32,23 +83,35 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint with ``torch.load(weights_only=True)``; one-line error on bad input."""
+    """Read a checkpoint with ``torch.load(weights_only=True)`` and check its format and
+    digest; one-line ``CheckpointError`` on bad input."""
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint.pt"
+    shown = f"checkpoint {str(path)!r}"
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r}: no such file")
+        raise CheckpointError(f"{shown}: no such file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many kinds for a corrupt file
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
-            f"checkpoint {str(path)!r}: not a readable checkpoint ({first})"
+            f"{shown}: not a readable checkpoint ({first}); allowed: a checkpoint.pt written "
+            "by brainnet"
         ) from None
     fmt = state.get("format") if isinstance(state, dict) else None
-    if fmt != FORMAT:
+    if fmt not in READABLE:
+        by = state.get("versions", {}).get("brainnet") if isinstance(state, dict) else None
+        made = f" (written by brainnet {by})" if by else ""
         raise CheckpointError(
-            f"checkpoint {str(path)!r}: format = {fmt!r}: not a brainnet checkpoint "
-            f"(allowed: format {FORMAT})"
+            f"{shown}: format = {fmt!r}{made}: not a checkpoint this brainnet reads; allowed: "
+            f"format {', '.join(map(str, READABLE))}"
         )
+    if fmt >= 2:
+        want = state.pop("digest", None)
+        if want != digest(state):
+            raise CheckpointError(
+                f"{shown}: digest does not match its content (damaged or edited after it was "
+                "written); allowed: an intact checkpoint"
+            )
     return state

@@ -96,9 +96,12 @@ class FrozenTeacher:
         try:
             state = load_checkpoint(path)
         except CheckpointError as e:
-            raise ScenarioError(
-                [f"{shown}: {e}; allowed: a brainnet run directory or its checkpoint.pt"]
-            ) from None
+            allowed = (
+                ""
+                if "allowed:" in str(e)
+                else "; allowed: a brainnet run directory or its checkpoint.pt"
+            )
+            raise ScenarioError([f"{shown}: {e}{allowed}"]) from None
         if "scenario" not in state or "model" not in state:
             raise ScenarioError(
                 [
