@@ -103,43 +103,62 @@ def run(
     out.print(table)
 
 
-def _report(run_dir: Path) -> Path:
+def _report(path: Path) -> Path:
+    from brainnet.viz.sweep import is_sweep_dir, render_sweep
+
+    if is_sweep_dir(path):
+        return render_sweep(path)
     from brainnet.viz.report import render
 
-    return render(run_dir)
+    return render(path)
 
 
 def _run_dir(path: Path) -> Path:
-    if not (path / "config.yaml").is_file():
+    """A run directory or a sweep directory, else a one-line error."""
+    from brainnet.viz.sweep import is_sweep_dir
+
+    if not is_sweep_dir(path) and not (path / "config.yaml").is_file():
         _fail(
             f"run directory {str(path)!r}: no config.yaml; allowed: a directory written by "
-            "`brainnet run`"
+            "`brainnet run`, or a sweep directory (sweep.yaml, index.parquet) by `brainnet sweep`"
         )
     return path
 
 
 @app.command()
 def report(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory (runs/<name>-<time>).")],
+    run_dir: Annotated[
+        Path, typer.Argument(help="A run directory (runs/<name>-<time>) or a sweep directory.")
+    ],
 ) -> None:
-    """Write RUN_DIR/report.html: summary table and plots, one self-contained file."""
+    """Write DIR/report.html, one self-contained file: a run's summary and plots, or a sweep's
+    groups (mean ± 95 % CI over seeds), loss against messages (Pareto front) and loss curves."""
     out.print(f"wrote {_report(_run_dir(run_dir))}")
 
 
 @app.command()
 def compare(
-    run_dirs: Annotated[list[Path], typer.Argument(help="Two or more run directories.")],
+    run_dirs: Annotated[
+        list[Path], typer.Argument(help="Run directories, or sweep directories (and runs).")
+    ],
     out_file: Annotated[Path, typer.Option("--out", help="Where to write the page.")] = Path(
         "compare.html"
     ),
 ) -> None:
-    """Overlay runs: loss against steps and against messages sent; writes one HTML page."""
-    from brainnet.viz.report import compare as render_compare
-    from brainnet.viz.table import markdown
+    """Overlay runs: loss against steps and against messages sent; given sweep directories,
+    every group of every sweep (table, Pareto plot, loss curves). Writes one HTML page."""
+    from brainnet.viz.sweep import compare_sweeps, is_sweep_dir, markdown_of
 
     dirs = [_run_dir(d) for d in run_dirs]
-    page = render_compare(dirs, out_file)
-    print(markdown(dirs))
+    if any(is_sweep_dir(d) for d in dirs):
+        page = compare_sweeps(dirs, out_file)
+        print(markdown_of(dirs))
+    else:
+        from brainnet.viz.report import compare as render_compare
+        from brainnet.viz.table import markdown
+
+        page = render_compare(dirs, out_file)
+        print(markdown(dirs))
     out.print(f"wrote {page}")
 
 
@@ -234,6 +253,101 @@ def bench(
     for table in tables(rows):
         out.print(table)
     out.print(f"wrote {path}")
+
+
+@app.command()
+def sweep(
+    sweep_file: Annotated[
+        Path, typer.Argument(help="A sweep file: base scenario, set, grid, groups, seeds.")
+    ],
+    workers: Annotated[int, typer.Option(help="Runs at once (each gets cores / N threads).")] = 1,
+    backend: Annotated[str, typer.Option(help="local (a process pool) or ray.")] = "local",
+    address: Annotated[
+        str | None, typer.Option(help="Ray: join the cluster at ADDR (default: start one).")
+    ] = None,  # noqa: UP045
+    gpus_per_run: Annotated[
+        float | None,
+        typer.Option(help="Ray: GPUs per run, fractional allowed (default: share the GPUs)."),
+    ] = None,  # noqa: UP045
+    out_dir: Annotated[Path, typer.Option("--out", help="Parent of the sweep directory.")] = Path(
+        "runs/sweeps"
+    ),
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the summary table.")] = False,
+) -> None:
+    """Run groups x seeds of a scenario into <out>/<name>/ (index.parquet, one directory per
+    run); finished runs are skipped, failed and unfinished ones are redone."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from brainnet.config import ScenarioError
+    from brainnet.stats import group_table
+    from brainnet.sweep.driver import sweep as run_sweep
+
+    bar = Progress(TextColumn("[bold]runs"), MofNCompleteColumn(), BarColumn(),
+                   console=out, disable=quiet, transient=True)  # fmt: skip
+    task = bar.add_task("runs", total=None)
+
+    def start(info: dict) -> None:
+        bar.update(task, total=info["todo"])
+        if not quiet:
+            threads = f" x {info['threads']} threads" if info["threads"] else ""
+            out.print(
+                f"[bold]{info['name']}[/]: {info['groups']} groups x {info['seeds']} seeds = "
+                f"{info['runs']} runs ({info['finished']} finished, {info['todo']} to run) on "
+                f"{info['backend']}, {info['workers']} workers{threads} -> {info['path']}",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+    def ended(row: dict) -> None:
+        bar.advance(task)
+        if quiet:
+            return
+        if row["status"] == "done":
+            val = row["final_val_loss"]
+            what = f"val {val:.4f}" if val is not None else "no val loss"
+            what += f"  {row['messages_per_step']:,.0f} msg/step  {row['wall_s']:.1f} s"
+            bar.console.print(f"[green]done[/]   {row['id']}  {what}", highlight=False)
+        else:
+            bar.console.print(f"[red]failed[/] {row['id']}  ", end="", highlight=False)
+            bar.console.print(row["error"], markup=False, highlight=False)
+
+    def lost(id: str, why: str, again: bool) -> None:
+        if not quiet:
+            then = "run again" if again else "left pending (too many lost workers)"
+            bar.console.print(f"[yellow]lost[/]   {id}  ({why}); {then}", highlight=False)
+
+    try:
+        with bar:
+            result = run_sweep(sweep_file, out=out_dir, workers=workers, backend=backend,
+                               address=address, gpus_per_run=gpus_per_run, on_start=start,
+                               on_run=ended, on_lost=lost)  # fmt: skip
+    except ScenarioError as e:
+        _fail(e.problems)
+    table = Table("group", "n", "val loss", "msg/step", "bytes/step", "sim ms", "params",
+                  "active/token", box=None)  # fmt: skip
+    for r in group_table(result.index):
+        table.add_row(
+            r["group"], f"{r['n']}/{r['runs']}", _pm(r, "final_val_loss", ".4f"),
+            _pm(r, "messages_per_step", ",.1f"), _pm(r, "bytes_per_step", ",.0f"),
+            _pm(r, "sim_time_ms", ",.2f"), _pm(r, "params_total", ",.0f"),
+            _pm(r, "active_params_per_token", ",.0f"),
+        )  # fmt: skip
+    out.print(table)
+    status = result.index.column("status").to_pylist()
+    failed, pending = status.count("failed"), status.count("pending")
+    out.print(f"index {result.path / 'index.parquet'}", highlight=False)
+    if failed or pending:
+        err.print(f"{failed} failed, {pending} unfinished: the same command redoes them",
+                  highlight=False)  # fmt: skip
+        raise typer.Exit(1)
+
+
+def _pm(row: dict, key: str, fmt: str) -> str:
+    """``mean ± half width`` (95 % t-interval) of a group_table column; - when unknown."""
+    mean, half = row[key], row[f"{key}_ci"]
+    if mean != mean:  # NaN: no finished run measured it
+        return "-"
+    return f"{mean:{fmt}}" if half != half else f"{mean:{fmt}} ± {half:{fmt}}"
 
 
 def main() -> None:

@@ -29,6 +29,11 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 FIELD_ERROR = "brainnet_field"
 #: what a ``@check`` method returns
 Problems = Iterator[InitErrorDetails]
+#: where an override came from, for its error lines: (source, path of its key there), e.g.
+#: ("sweep.yaml", "grid") prints ``sweep.yaml: grid.train.lr = ...``
+Origin = tuple[str, str]
+#: a ``--set`` item on the command line
+SET: Origin = ("--set", "")
 
 
 class ScenarioError(ValueError):
@@ -170,8 +175,11 @@ _MESSAGES = {
 }
 
 
-def format_error(err: dict[str, Any], label: str, set_keys: set[str]) -> str:
-    """``<label or --set>: <field> = <value>: <message>`` (ScenarioError makes it one line)."""
+def format_error(err: dict[str, Any], label: str, set_keys: set[str] | dict[str, Origin]) -> str:
+    """``<label or --set>: <field> = <value>: <message>`` (ScenarioError makes it one line).
+
+    ``set_keys``: the overridden dotted fields (``--set``), or a mapping of them to where each
+    came from (the first one related to the field names the source)."""
     loc = [str(p) for p in err["loc"]]
     value: Any = err.get("input")
     msg: str = err["msg"]
@@ -187,15 +195,18 @@ def format_error(err: dict[str, Any], label: str, set_keys: set[str]) -> str:
     else:
         msg = msg[:1].lower() + msg[1:]
     field = ".".join(loc) or "<top>"
-    src = "--set" if _overridden(field, set_keys) else label
+    origins = set_keys if isinstance(set_keys, dict) else dict.fromkeys(set_keys, SET)
+    src = label
+    for key, (source, prefix) in origins.items():
+        if _overridden(field, key):
+            src, field = source, f"{prefix}.{field}" if prefix else field
+            break
     return f"{src}: {field} = {show(value)}: {msg}"
 
 
-def _overridden(field: str, set_keys: set[str]) -> bool:
-    """Was ``field`` (or a section above or below it) set by an override?"""
-    return any(
-        k == field or k.startswith(f"{field}.") or field.startswith(f"{k}.") for k in set_keys
-    )
+def _overridden(field: str, key: str) -> bool:
+    """Was ``field`` (or a section above or below it) set by the override of ``key``?"""
+    return key == field or key.startswith(f"{field}.") or field.startswith(f"{key}.")
 
 
 def show(value: Any) -> str:
@@ -260,8 +271,11 @@ def parse_sets(items: list[str]) -> list[tuple[str, Any]]:
     return out
 
 
-def apply_override(data: dict[str, Any], key: str, value: Any) -> None:
-    """Set the dotted field ``key`` of raw scenario ``data`` (sections are created)."""
+def apply_override(data: dict[str, Any], key: str, value: Any, origin: Origin = SET) -> None:
+    """Set the dotted field ``key`` of raw scenario ``data`` (sections are created); a problem
+    names the override's ``origin``."""
+    source, prefix = origin
+    shown = f"{prefix}.{key}" if prefix else key
     parts = key.split(".")
     node: Any = data
     for i, part in enumerate(parts):
@@ -271,7 +285,7 @@ def apply_override(data: dict[str, Any], key: str, value: Any) -> None:
             if not part.isdigit() or int(part) >= len(node):
                 raise ScenarioError(
                     [
-                        f"--set: {key} = {show(value)}: {where!r} is not an index of a "
+                        f"{source}: {shown} = {show(value)}: {where!r} is not an index of a "
                         f"list of {len(node)} (allowed: 0..{len(node) - 1})"
                     ]
                 )
@@ -279,7 +293,7 @@ def apply_override(data: dict[str, Any], key: str, value: Any) -> None:
         elif not isinstance(node, dict):
             raise ScenarioError(
                 [
-                    f"--set: {key} = {show(value)}: {'.'.join(parts[:i])} is a value "
+                    f"{source}: {shown} = {show(value)}: {'.'.join(parts[:i])} is a value "
                     f"({show(node)}), not a section"
                 ]
             )

@@ -10,10 +10,18 @@
 
 Parquet files are rewritten whole (atomically) at every flush: tables are small (one row per
 logged step) and a crash never leaves a file that cannot be read.
+
+A sweep (``brainnet sweep``) is a directory of such runs, read with ``open_sweep``::
+
+    runs/sweeps/<sweep>/
+      sweep.yaml             the sweep spec as run (name filled in, file paths absolute)
+      index.parquet          one row per run (rewritten atomically by the sweep's driver)
+      <group>/seed=<n>/      a run directory as above, plus done.json or failed.json
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -26,22 +34,33 @@ import pyarrow.parquet as pq
 
 
 class RunWriter:
-    """Creates a run directory and writes config, vocabulary, metrics and events into it."""
+    """Creates a run directory and writes config, vocabulary, metrics and events into it.
 
-    def __init__(self, root: str | Path, name: str) -> None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        base = Path(root) / f"{name}-{stamp}"
-        path, i = base, 1
-        while path.exists():
-            path, i = base.with_name(f"{base.name}-{i}"), i + 1
-        path.mkdir(parents=True)
-        self.path = path
+    ``RunWriter(root, name)`` claims a new ``<root>/<name>-<YYYYmmdd-HHMMSS>[-i]``: each
+    candidate is created with ``mkdir(exist_ok=False)``, so two runs started in the same second
+    (other processes included) get different directories. ``RunWriter(path=DIR)`` writes to
+    exactly ``DIR`` (a sweep's ``<group>/seed=<n>``), which must not exist or be empty.
+    """
+
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        name: str | None = None,
+        *,
+        path: str | Path | None = None,
+    ) -> None:
+        if path is not None:
+            self.path = _claim_exact(Path(path))
+        elif root is not None and name is not None:
+            self.path = _claim_new(Path(root), name)
+        else:
+            raise TypeError("RunWriter needs root and name, or path")
         self.rows: list[dict[str, Any]] = []
         self.last_event = ""
         self.module_rows: list[dict[str, Any]] = []
 
     def write_text(self, name: str, text: str) -> None:
-        _atomic_write(self.path / name, text.encode())
+        atomic_write(self.path / name, text.encode())
 
     def write_json(self, name: str, obj: Any) -> None:
         self.write_text(name, json.dumps(obj, indent=1))
@@ -110,7 +129,76 @@ def open_run(path: str | Path) -> Run:
     )
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+@dataclass
+class Sweep:
+    """A sweep directory opened for reading (see ``open_sweep``): the spec, the index (one row
+    per run, an Arrow table) and each run directory."""
+
+    path: Path
+    spec: dict[str, Any]
+    index: pa.Table
+
+    def ids(self, status: str | None = None) -> list[str]:
+        """Run ids (``<group>/seed=<n>``) in index order; only those with ``status`` if given."""
+        rows = self.index.select(["id", "status"]).to_pylist()
+        return [r["id"] for r in rows if status is None or r["status"] == status]
+
+    def run(self, id: str) -> Run:
+        """One run of the sweep, opened with ``open_run`` (metrics, module metrics, events)."""
+        if id not in self.ids():
+            raise KeyError(f"sweep {str(self.path)!r} has no run {id!r}; runs: {self.ids()}")
+        return open_run(self.path / id)
+
+    def runs(self, status: str | None = "done") -> dict[str, Run]:
+        """Id -> opened run, for the runs with ``status`` (default: the finished ones)."""
+        return {id: open_run(self.path / id) for id in self.ids(status)}
+
+
+def open_sweep(path: str | Path) -> Sweep:
+    """Read a sweep directory written by ``brainnet sweep``: ``sweep.yaml`` (the spec as run)
+    and ``index.parquet`` (one row per run: id, group, overrides, seed, status, error, wall
+    time and final metrics; brainnet/sweep/index.py lists the columns)."""
+    import yaml
+
+    path = Path(path)
+    if not (path / "index.parquet").is_file():
+        raise FileNotFoundError(
+            f"sweep directory {str(path)!r}: no index.parquet (not a brainnet sweep)"
+        )
+    spec_file = path / "sweep.yaml"
+    spec = yaml.safe_load(spec_file.read_text()) if spec_file.is_file() else {}
+    return Sweep(path=path, spec=spec or {}, index=pq.read_table(path / "index.parquet"))
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all: a temporary file beside it, then ``os.replace``."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def _claim_new(root: Path, name: str) -> Path:
+    """Create and return a run directory no other run (thread or process) has."""
+    base = root / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    root.mkdir(parents=True, exist_ok=True)
+    for i in itertools.count():
+        path = base if i == 0 else base.with_name(f"{base.name}-{i}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
+
+
+def _claim_exact(path: Path) -> Path:
+    """Create ``path`` (and its parents); an existing empty directory is taken as it is."""
+    try:
+        path.mkdir(parents=True)
+    except FileExistsError:
+        if not path.is_dir() or any(path.iterdir()):
+            raise FileExistsError(
+                f"run directory {str(path)!r} exists and is not empty; allowed: a new or empty "
+                "directory"
+            ) from None
+    return path

@@ -124,7 +124,7 @@ def test_validate_show_fills_every_default(tmp_path: Path) -> None:
     assert set(data) == {
         "name", "description", "seed", "device", "precision", "compile",
         "corpus", "modules", "train", "log", "out_dir", "society", "distill",
-        "collapse", "emergence", "reorganize",
+        "collapse", "emergence", "reorganize", "reliability",
     }  # fmt: skip
     # the resolved scenario is itself a valid scenario file that resolves to the same thing
     f = tmp_path / "resolved.yaml"

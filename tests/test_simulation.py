@@ -123,7 +123,9 @@ def test_bad_checkpoints_give_one_line_errors(tmp_path):
         load_checkpoint(junk)
     assert "\n" not in str(e.value)
     torch.save({"weights": torch.zeros(2)}, junk)
-    with pytest.raises(CheckpointError, match="format = None: not a checkpoint this brainnet reads"):
+    with pytest.raises(
+        CheckpointError, match="format = None: not a checkpoint this brainnet reads"
+    ):
         load_checkpoint(junk)
 
 

@@ -23,9 +23,10 @@ from brainnet.society import Knobs, Society
 class Logbook:
     """Opens the run directory and turns interval means into metrics rows."""
 
-    def __init__(self, sc: Scenario, out_dir: Path) -> None:
+    def __init__(self, sc: Scenario, out_dir: Path, run_dir: Path | None = None) -> None:
         self.sc = sc
         self.out_dir = out_dir
+        self.run_dir = run_dir  # None: a new <out_dir>/<name>-<time>
         self.writer: RunWriter | None = None
         self.tensorboard: Any = None
         if sc.log.tensorboard:
@@ -44,7 +45,10 @@ class Logbook:
         run_start event."""
         if self.writer is None:
             sc = self.sc
-            self.writer = w = RunWriter(self.out_dir, sc.name)
+            if self.run_dir is not None:
+                self.writer = w = RunWriter(path=self.run_dir)
+            else:
+                self.writer = w = RunWriter(self.out_dir, sc.name)
             w.write_text("config.yaml", sc.to_yaml())
             w.write_json("vocab.json", corpus.vocab())
             if society.topology.merged:

@@ -30,6 +30,7 @@ from brainnet.checkpoint import load_checkpoint, save_checkpoint
 from brainnet.config import Scenario, ScenarioError, load_scenario
 from brainnet.data import Batch, build_corpus
 from brainnet.engine.allocator import keep_freed_memory
+from brainnet.engine.guard import Guard
 from brainnet.engine.logbook import Accumulator, Callback, Logbook, Progress
 from brainnet.engine.optim import build_optimizer, clip_module, clip_per_module, lr_at
 from brainnet.engine.precision import autocast, autocast_dtype
@@ -67,7 +68,15 @@ class Simulation:
     >>> summary = sim.run()
     """
 
-    def __init__(self, scenario: Scenario | str, *, out_dir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        scenario: Scenario | str,
+        *,
+        out_dir: str | Path | None = None,
+        run_dir: str | Path | None = None,
+    ) -> None:
+        """``out_dir``: parent of a new ``<name>-<time>`` run directory (default: the scenario's
+        ``out_dir``); ``run_dir``: write to exactly this directory instead (new or empty)."""
         sc = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
         self.scenario = sc
         seed_everything(sc.seed)
@@ -101,9 +110,12 @@ class Simulation:
         self.consolidation = Consolidation(sc, self.society, self.corpus, self.device)
         self.relayout = Relayout(sc, self.society, self.optimizer, self.consolidation,
                                  self.probes, self.arousal)  # fmt: skip
+        rel = sc.reliability
+        self.guard = Guard(rel.on_nonfinite, rel.max_strikes, self.society, self.optimizer,
+                           self.consolidation.teacher, sc.seed)  # fmt: skip
         self._forward = torch.compile(self.society) if sc.compile else self.society
         self.out_dir = Path(out_dir if out_dir is not None else sc.out_dir)
-        self.logbook = Logbook(sc, self.out_dir)
+        self.logbook = Logbook(sc, self.out_dir, None if run_dir is None else Path(run_dir))
 
     # ------------------------------------------------------------------ what it holds
 
@@ -170,16 +182,20 @@ class Simulation:
         norms = torch.cat([clip_per_module(b, cfg.grad_clip) for b in self.banks])
         if self.society.router is not None:
             clip_module(self.society.router, cfg.grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.teacher is not None:
-            with self.timer("teacher_update"):
-                self.teacher.update(self.step)
         task = out.task_loss.detach()
-        if self.arousal is not None:
-            probs = stats.get("router_probs")
-            probs = None if probs is None else probs.detach()[None]
-            self.arousal.update(task, probs, self.probes.arousal_input)
+        if self.guard.finite(loss, norms):
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.teacher is not None:
+                with self.timer("teacher_update"):
+                    self.teacher.update(self.step)
+            if self.arousal is not None:
+                probs = stats.get("router_probs")
+                probs = None if probs is None else probs.detach()[None]
+                self.arousal.update(task, probs, self.probes.arousal_input)
+        else:  # dropped whole: no module learns from a non-finite step (engine/guard.py)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.guard.quarantine(self.step, batch, self.writer)
         self.step += 1
         return {
             "train_loss": task,
@@ -325,11 +341,18 @@ class Simulation:
             self.writer.event("checkpoint", self.step, path=Path(path).name)
 
     @classmethod
-    def resume(cls, checkpoint: str | Path, *, out_dir: str | Path | None = None) -> Simulation:
+    def resume(
+        cls,
+        checkpoint: str | Path,
+        *,
+        out_dir: str | Path | None = None,
+        run_dir: str | Path | None = None,
+    ) -> Simulation:
         """A simulation restored from a checkpoint (file or run directory): same scenario,
         weights, optimiser state and RNG streams, so it continues exactly where it stopped."""
         state = load_checkpoint(checkpoint)
-        sim = cls(load_scenario(yaml.safe_load(state["scenario"])), out_dir=out_dir)
+        sc = load_scenario(yaml.safe_load(state["scenario"]))
+        sim = cls(sc, out_dir=out_dir, run_dir=run_dir)
         sim.load_state_dict(state)
         return sim
 

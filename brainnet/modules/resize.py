@@ -326,3 +326,26 @@ def resize_rows(
     (e.g. the router's gate: one row per cluster). Survivors' rows and AdamW moments exact."""
     plan.check(getattr(module, names[0]).shape[0])
     _resize(module, names, plan, optimizer, noise, generator, None)
+
+
+@torch.no_grad()
+def reset_rows(
+    bank: Bank, rows: Tensor, source: Bank, optimizer: torch.optim.Optimizer | None = None
+) -> None:
+    """Overwrite modules ``rows`` [K] long of ``bank`` in place with the same rows of
+    ``source`` (a bank of the same layout: the EMA teacher, or a freshly initialised bank), and
+    zero their per-element optimiser state (AdamW moments): a fresh start for those modules,
+    every other row of every tensor untouched. Parameters keep their identity, so the
+    optimiser needs no remapping."""
+    names = _stacked_names(bank)
+    for name in names:
+        p, s = getattr(bank, name), getattr(source, name)
+        if s is None or s.shape != p.shape:
+            raise ValueError(f"reset_rows: {name}: source {tuple(s.shape)} vs {tuple(p.shape)}")
+    for name in names:
+        p = getattr(bank, name)
+        p.index_copy_(0, rows, getattr(source, name).detach().index_select(0, rows).to(p.dtype))
+        if optimizer is not None:
+            for v in optimizer.state.get(p, {}).values():
+                if isinstance(v, Tensor) and v.shape == p.shape:
+                    v.index_fill_(0, rows, 0)
