@@ -115,3 +115,40 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                 "written); allowed: an intact checkpoint"
             )
     return state
+
+
+def kept(run_dir: str | Path) -> list[Path]:
+    """A run directory's checkpoints, newest first: checkpoint.pt, then the kept older ones
+    (``checkpoint-<step>.pt``, see ``rotate``)."""
+    run_dir = Path(run_dir)
+    older = sorted(run_dir.glob("checkpoint-*.pt"), key=lambda p: p.name, reverse=True)
+    latest = run_dir / "checkpoint.pt"
+    return ([latest] if latest.exists() else []) + older
+
+
+def newest_intact(run_dir: str | Path) -> tuple[Path, dict[str, Any], list[str]]:
+    """The newest checkpoint of ``run_dir`` that loads and passes its checks, with its state
+    and one line for each newer one that did not (skipped)."""
+    skipped = []
+    for path in kept(run_dir):
+        try:
+            return path, load_checkpoint(path), skipped
+        except CheckpointError as e:
+            skipped.append(str(e))
+    why = f" ({skipped[0]})" if skipped else ""
+    raise CheckpointError(
+        f"run directory {str(run_dir)!r}: no intact checkpoint{why}; allowed: a run directory "
+        "with a checkpoint.pt written by brainnet"
+    )
+
+
+def rotate(run_dir: str | Path, step: int, keep: int) -> None:
+    """Before a new checkpoint.pt is written: keep the current one as ``checkpoint-<step>.pt``
+    when ``keep`` > 1 (``step``: the step it holds) and drop all but the newest ``keep`` - 1
+    older ones. With keep = 1 the new file simply replaces the old one (atomically)."""
+    run_dir = Path(run_dir)
+    latest = run_dir / "checkpoint.pt"
+    if keep > 1 and latest.exists():
+        os.replace(latest, run_dir / f"checkpoint-{step:08d}.pt")
+    for old in kept(run_dir)[int(latest.exists()) :][max(keep - 1, 0) :]:
+        old.unlink(missing_ok=True)

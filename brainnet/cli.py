@@ -46,8 +46,9 @@ def _load(scenario: str, sets: list[str] | None, **extra: object):
 @app.command()
 def run(
     scenario: Annotated[
-        str, typer.Argument(help="A built-in name (see `brainnet scenarios`) or a YAML file.")
-    ],
+        str | None,
+        typer.Argument(help="A built-in name (see `brainnet scenarios`) or a YAML file."),
+    ] = None,  # noqa: UP045
     sets: Sets = None,
     device: Annotated[
         str | None, typer.Option(help="auto, cpu or cuda (= --set device=...).")
@@ -65,16 +66,37 @@ def run(
     report: Annotated[
         bool, typer.Option("--report/--no-report", help="Write report.html at the end.")
     ] = True,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Go on with the run in RUN_DIR, in that directory (--steps N: extend)."),
+    ] = None,  # noqa: UP045
 ) -> None:
-    """Train a scenario and write a run directory (config, metrics, events, checkpoint)."""
-    sc = _load(scenario, sets, **{"device": device, "train.steps": steps, "seed": seed})
+    """Train a scenario and write a run directory (config, metrics, events, checkpoint), or
+    go on with a run from its newest intact checkpoint (``--resume RUN_DIR``)."""
+    from brainnet.checkpoint import CheckpointError
     from brainnet.config import ScenarioError
     from brainnet.engine import Simulation
 
-    try:
-        sim = Simulation(sc, out_dir=out_dir)
-    except ScenarioError as e:
-        _fail(e.problems)
+    if resume is not None:
+        given = [n for n, v in (("SCENARIO", scenario), ("--set", sets), ("--device", device),
+                                ("--seed", seed), ("--out", out_dir)) if v]  # fmt: skip
+        if given:
+            _fail(f"--resume {str(resume)!r}: {', '.join(given)} not allowed: a resumed run "
+                  "keeps its own scenario (a changed one is a new run); allowed: --steps N "
+                  "to extend it")  # fmt: skip
+        try:
+            sim = Simulation.resume_in_place(resume, steps)
+        except (ScenarioError, CheckpointError) as e:
+            _fail(e.problems if isinstance(e, ScenarioError) else str(e))
+        sc = sim.scenario
+    elif scenario is None:
+        _fail("SCENARIO is missing; allowed: a built-in name, a YAML file, or --resume RUN_DIR")
+    else:
+        sc = _load(scenario, sets, **{"device": device, "train.steps": steps, "seed": seed})
+        try:
+            sim = Simulation(sc, out_dir=out_dir)
+        except ScenarioError as e:
+            _fail(e.problems)
     if not quiet:
         per = ", ".join(f"{g.count} x {g.type}" for g in sc.modules)
         n = sum(p.numel() for p in sim.banks.parameters())

@@ -59,6 +59,22 @@ class RunWriter:
         self.last_event = ""
         self.module_rows: list[dict[str, Any]] = []
 
+    @classmethod
+    def reopen(cls, path: str | Path, step: int) -> RunWriter:
+        """An existing run directory, to go on from a checkpoint at ``step``: its metrics rows
+        up to ``step`` are kept (rows a killed run logged after its last checkpoint are
+        dropped: the resumed run logs them again), events.jsonl is appended to."""
+        self = cls.__new__(cls)
+        self.path = Path(path)
+        self.last_event = ""
+        self.rows, self.module_rows = [], []
+        for name, rows in (("metrics.parquet", self.rows),
+                           ("module_metrics.parquet", self.module_rows)):  # fmt: skip
+            f = self.path / name
+            if f.exists():
+                rows.extend(r for r in pq.read_table(f).to_pylist() if r["step"] <= step)
+        return self
+
     def write_text(self, name: str, text: str) -> None:
         atomic_write(self.path / name, text.encode())
 

@@ -75,7 +75,12 @@ class TrainConfig(Strict):
 class LogConfig(Strict):
     every: int = Field(10, ge=1, description="write a metrics row every this many steps")
     checkpoint_every: int = Field(
-        0, ge=0, description="checkpoint every this many steps; 0 = only at the end"
+        0,
+        ge=0,
+        description="checkpoint every this many steps (a multiple of every); 0 = at the end",
+    )
+    keep_checkpoints: int = Field(
+        1, ge=1, description="checkpoints kept: checkpoint.pt and the newest older ones"
     )
     tensorboard: bool = Field(
         False, description="also write scalars to <run dir>/tensorboard (needs tensorboard)"
@@ -151,6 +156,14 @@ class Scenario(Strict):
                     f"must be a multiple of log.every ({self.log.every}), so that its values "
                     "land in a logged row",
                 )
+
+    @check("log")
+    def _checkpoints_on_log_steps(self) -> Problems:
+        log = self.log
+        if log.checkpoint_every % log.every:
+            yield problem(("log", "checkpoint_every"), log.checkpoint_every,
+                          f"must be a multiple of log.every ({log.every}), so that a resumed run "
+                          "goes on from a logged row")  # fmt: skip
 
     @check("society", "reorganize")
     def _actions_fit_society(self) -> Problems:

@@ -64,6 +64,17 @@ class Logbook:
                     torch=torch.__version__)  # fmt: skip
         return self.writer
 
+    def reopen(self, path: Path, step: int, **fields: Any) -> RunWriter:
+        """Go on writing into the existing run directory ``path`` from ``step`` (a ``resume``
+        event with ``fields``: from which checkpoint, steps)."""
+        self.writer = w = RunWriter.reopen(path, step)
+        w.event("resume", step, **fields)
+        if self.sc.log.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(w.path / "tensorboard"))
+        return w
+
     def write(
         self,
         society: Society,

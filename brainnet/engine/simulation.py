@@ -26,7 +26,7 @@ import torch
 import yaml
 from torch import Tensor
 
-from brainnet.checkpoint import load_checkpoint, save_checkpoint
+from brainnet.checkpoint import load_checkpoint, newest_intact, rotate, save_checkpoint
 from brainnet.config import Scenario, ScenarioError, load_scenario
 from brainnet.data import Batch, build_corpus
 from brainnet.engine.allocator import keep_freed_memory
@@ -110,6 +110,7 @@ class Simulation:
         self.consolidation = Consolidation(sc, self.society, self.corpus, self.device)
         self.relayout = Relayout(sc, self.society, self.optimizer, self.consolidation,
                                  self.probes, self.arousal)  # fmt: skip
+        self._checkpoint_step = 0  # the step the run directory's checkpoint.pt holds
         rel = sc.reliability
         self.guard = Guard(rel.on_nonfinite, rel.max_strikes, self.society, self.optimizer,
                            self.consolidation.teacher, sc.seed)  # fmt: skip
@@ -254,7 +255,9 @@ class Simulation:
                 acc.add(self.train_step())
                 step, last = self.step, self.step == end
                 bar.advance(step)
-                do_eval = step % cfg.eval_every == 0 or last
+                # rows and evaluations follow the schedule, not where this call stops, so a run
+                # stopped at a logged step and resumed logs exactly what a straight run logs
+                do_eval = step % cfg.eval_every == 0 or step == cfg.steps
                 if step % sc.log.every == 0 or do_eval:
                     train = acc.mean()  # the one host sync per log interval
                     dt = time.perf_counter() - t0
@@ -314,8 +317,10 @@ class Simulation:
             "optimizer": self.optimizer.state_dict(),
             "layout": self.relayout.state_dict(),
             **self.probes.state_dict(),
+            "guard": dict(self.guard.strikes),
             "data_rng": self.data_rng.get_state(),
             "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -331,14 +336,47 @@ class Simulation:
             self.knobs = self.arousal.knobs(self.arousal.read()[0], self.scenario.society)
         self.optimizer.load_state_dict(state["optimizer"])
         self.probes.load_state_dict(state)
+        self.guard.strikes = dict(state.get("guard") or {})
         self.data_rng.set_state(state["data_rng"])
         torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.step = int(state["step"])
 
     def save_checkpoint(self, path: str | Path) -> None:
+        """Write a checkpoint; in the run directory the metrics are flushed first (so the
+        rows on disk always reach the newest checkpoint) and older checkpoints are kept as
+        ``log.keep_checkpoints`` says."""
+        path = Path(path)
+        w = self.writer
+        if w is not None and path.parent == w.path:
+            w.flush()
+            rotate(w.path, self._checkpoint_step, self.scenario.log.keep_checkpoints)
         save_checkpoint(path, self.state_dict())
-        if self.writer is not None:
-            self.writer.event("checkpoint", self.step, path=Path(path).name)
+        self._checkpoint_step = self.step
+        if w is not None:
+            w.event("checkpoint", self.step, path=path.name)
+
+    @classmethod
+    def resume_in_place(cls, run_dir: str | Path, steps: int | None = None) -> Simulation:
+        """Go on with the run in ``run_dir``, in that directory: from its newest intact
+        checkpoint, with its own resolved scenario (``steps``: a new total of training steps,
+        to extend it). Metrics are appended after the checkpoint's step; events.jsonl records
+        the resume."""
+        run_dir = Path(run_dir)
+        path, state, skipped = newest_intact(run_dir)
+        sc = load_scenario(yaml.safe_load(state["scenario"]))
+        at = int(state["step"])
+        new = _extended(sc, steps, at, run_dir)
+        sim = cls(new, out_dir=run_dir.parent)
+        state["scenario"] = new.to_yaml()
+        sim.load_state_dict(state)
+        sim._checkpoint_step = at
+        w = sim.logbook.reopen(run_dir, at, checkpoint=path.name, skipped=skipped,
+                               steps=new.train.steps)  # fmt: skip
+        if new is not sc:
+            w.write_text("config.yaml", new.to_yaml())
+        return sim
 
     @classmethod
     def resume(
@@ -355,6 +393,16 @@ class Simulation:
         sim = cls(sc, out_dir=out_dir, run_dir=run_dir)
         sim.load_state_dict(state)
         return sim
+
+
+def _extended(sc: Scenario, steps: int | None, at: int, where: Path) -> Scenario:
+    """The checkpoint's scenario, with ``train.steps`` raised to ``steps`` if given."""
+    if steps is None or steps == sc.train.steps:
+        return sc
+    if steps < at:
+        raise ScenarioError([f"--steps = {steps}: the run in {str(where)!r} is at step {at}; "
+                             f"allowed: a total of at least {at} steps"])  # fmt: skip
+    return load_scenario(sc.model_dump(mode="json"), {"train.steps": steps})
 
 
 def _no_timer(phase: str) -> contextlib.AbstractContextManager:
