@@ -16,8 +16,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
+out = Console(emoji=False)
+err = Console(stderr=True, emoji=False)
 
 Sets = Annotated[
     Optional[list[str]],  # noqa: UP045 (typer needs Optional here on py3.10)
@@ -76,6 +76,7 @@ def run(
     from brainnet.checkpoint import CheckpointError
     from brainnet.config import ScenarioError
     from brainnet.engine import Simulation
+    from brainnet.engine.guard import NonFiniteError
 
     if resume is not None:
         given = [n for n, v in (("SCENARIO", scenario), ("--set", sets), ("--device", device),
@@ -88,6 +89,8 @@ def run(
             sim = Simulation.resume_in_place(resume, steps)
         except (ScenarioError, CheckpointError) as e:
             _fail(e.problems if isinstance(e, ScenarioError) else str(e))
+        except OSError as e:
+            _fail(_unwritable(e, resume))
         sc = sim.scenario
     elif scenario is None:
         _fail("SCENARIO is missing; allowed: a built-in name, a YAML file, or --resume RUN_DIR")
@@ -104,8 +107,15 @@ def run(
             f"[bold]{sc.name}[/]: {per} ({n:,} parameters) on {sim.device}, "
             f"corpus {sc.corpus.kind}, {sc.train.steps} steps"
         )
-    summary = sim.run(progress=not quiet)
-    page = _report(Path(summary["run_dir"])) if report else None
+    try:
+        summary = sim.run(progress=not quiet)
+        page = _report(Path(summary["run_dir"])) if report else None
+    except OSError as e:  # --out cannot be created or written, or the disk is full
+        _fail(_unwritable(e, resume if resume is not None else sim.out_dir))
+    except NonFiniteError as e:  # the guard gave up: modules keep going non-finite
+        err.print("[bold red]error:[/] ", end="")
+        err.print(str(e), markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
     if quiet:
         print(summary["run_dir"])
         return
@@ -123,6 +133,15 @@ def run(
     if page is not None:
         table.add_row("report", str(page))
     out.print(table)
+
+
+def _unwritable(e: OSError, where: Path) -> str:
+    """One line for an OSError while writing a run directory in ``where``."""
+    what = f"{e.filename}: " if e.filename else ""
+    return (
+        f"cannot write the run directory in {str(where)!r} ({what}{e.strerror or e}); "
+        "allowed: --out DIR, a directory that can be created and written, with free space"
+    )
 
 
 def _report(path: Path) -> Path:

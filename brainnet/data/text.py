@@ -29,16 +29,16 @@ def resolve_text_path(path: str) -> Path:
             raise ValueError(f"no such file; allowed: {allowed}")
         if not p.is_file():
             raise ValueError(f"not a file; allowed: {allowed}")
-        head = p.read_bytes()[: 1 << 16]
+        data = p.read_bytes()  # the whole file: a NUL or a bad byte may come late
     except (OSError, RuntimeError) as e:  # name too long, unreadable, ~user without a home
         reason = getattr(e, "strerror", None) or e
         raise ValueError(f"cannot open ({reason}); allowed: {allowed}") from None
-    if not head.strip():
+    if not data.strip():
         raise ValueError(f"file is empty; allowed: {allowed}")
-    if b"\x00" in head:
-        raise ValueError(f"looks binary (contains NUL bytes); allowed: {allowed}")
+    if (nul := data.find(b"\x00")) >= 0:
+        raise ValueError(f"looks binary (a NUL byte at byte {nul}); allowed: {allowed}")
     try:
-        p.read_text(encoding="utf-8")
+        data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(f"not UTF-8 ({e.reason} at byte {e.start}); allowed: {allowed}") from None
     return p
