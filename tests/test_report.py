@@ -5,11 +5,9 @@ from __future__ import annotations
 import base64
 import io
 import re
-import shutil
-import subprocess
-import tempfile
 
 import pytest
+from browser import check_in_chromium
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -101,31 +99,5 @@ def test_tensorboard_scalars(tmp_path):
     assert files and files[0].stat().st_size > 0
 
 
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
-
-
 def test_report_loads_in_headless_chromium(brain_run, tmp_path):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("Chromium is not installed (.ci/run installs Debian's chromium package)")
-    url = render(brain_run).resolve().as_uri()
-    profile = tempfile.mkdtemp()
-    dom = subprocess.run(
-        [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=5000",
-         "--dump-dom", url], capture_output=True, text=True, timeout=120,
-    ).stdout  # fmt: skip
-    body = re.search(r"<body[^>]*>", dom).group(0)
-    assert 'data-images="6"' in body and 'data-images-ok="true"' in body, body
-    shot = tmp_path / "report.png"
-    subprocess.run(
-        [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1200,3000",
-         f"--screenshot={shot}", url], capture_output=True, timeout=120, check=True,
-    )  # fmt: skip
-    img = Image.open(shot).convert("L")
-    lo, hi = img.getextrema()
-    assert img.size == (1200, 3000) and hi - lo > 150  # rendered content, not a blank page
-    # the plots are visible: many distinct grey levels, as drawn lines and heatmaps give
-    assert len(img.resize((300, 750)).getcolors(256)) > 50
+    check_in_chromium(render(brain_run), images=6, height=3000, shot=tmp_path / "report.png")

@@ -10,21 +10,20 @@ import io
 import json
 import math
 import re
-import shutil
 import statistics
-import subprocess
-import tempfile
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from browser import check_in_chromium
 from PIL import Image
 from scipy import stats
 
 import brainnet
 from brainnet.metrics import open_sweep
+from brainnet.stats import TABLE_METRICS
 from brainnet.sweep.index import SCHEMA
 from brainnet.viz.sweep import compare_sweeps, groups_of, is_sweep_dir, markdown, render_sweep
 
@@ -132,15 +131,7 @@ def test_group_table_is_mean_and_t_interval_over_seeds(sweep_dir):
     assert [g.done for g in groups.values()] == [2, 2, 0]
     for name in ("brain", "solo"):
         done = [r for r in index if r["group"] == name and r["status"] == "done"]
-        for key in (
-            "final_val_loss",
-            "messages_per_step",
-            "bytes_per_step",
-            "sim_time_ms",
-            "module_tokens_per_step",
-            "params_total",
-            "active_params_per_token",
-        ):
+        for key in TABLE_METRICS:  # every column the table summarises
             if done[0][key] is None:  # independent modules have no clock: no simulated time
                 assert groups[name].stats[key] == (None, None, 0)
                 continue
@@ -201,33 +192,8 @@ def test_compare_sweeps_overlays_groups(sweep_dir, tmp_path):
     assert_drawn(imgs)
 
 
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
-
-
 def test_sweep_report_loads_in_headless_chromium(sweep_dir, tmp_path):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("Chromium is not installed (.ci/run installs Debian's chromium package)")
-    url = render_sweep(sweep_dir).resolve().as_uri()
-    profile = tempfile.mkdtemp()
-    dom = subprocess.run(
-        [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=5000",
-         "--dump-dom", url], capture_output=True, text=True, timeout=120,
-    ).stdout  # fmt: skip
-    body = re.search(r"<body[^>]*>", dom).group(0)
-    assert 'data-images="2"' in body and 'data-images-ok="true"' in body, body
-    shot = tmp_path / "sweep.png"
-    subprocess.run(
-        [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1200,2000",
-         f"--screenshot={shot}", url], capture_output=True, timeout=120, check=True,
-    )  # fmt: skip
-    img = Image.open(shot).convert("L")
-    lo, hi = img.getextrema()
-    assert img.size == (1200, 2000) and hi - lo > 150  # rendered content, not a blank page
-    assert len(img.resize((300, 500)).getcolors(256)) > 50  # the plots are visible
+    check_in_chromium(render_sweep(sweep_dir), images=2, height=2000, shot=tmp_path / "sweep.png")
 
 
 def _cli_dispatches_sweeps() -> bool:
