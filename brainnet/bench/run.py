@@ -17,7 +17,7 @@ from brainnet.bench.report import git_commit, meta, write_json
 from brainnet.bench.shapes import SCALING_N, SHAPES
 from brainnet.config import ScenarioError
 from brainnet.engine.allocator import keep_freed_memory
-from brainnet.engine.simulation import resolve_device
+from brainnet.engine.device import resolve_device
 
 
 class BenchError(ValueError):

@@ -14,9 +14,9 @@ from brainnet.bench.harness import Setting, Workload
 from brainnet.config import TrainConfig
 from brainnet.data import Batch
 from brainnet.data.text import TextCorpus
+from brainnet.engine.device import seed_everything
 from brainnet.engine.optim import build_optimizer, clip_per_module, param_groups
 from brainnet.engine.precision import autocast, autocast_dtype
-from brainnet.engine.simulation import seed_everything
 from brainnet.modules.tiny_lm import TransformerBank
 from brainnet.society.independent import independent_step
 

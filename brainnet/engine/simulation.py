@@ -15,13 +15,11 @@ arousal retunes the society, and an emergence event may reorganise it.
 from __future__ import annotations
 
 import contextlib
-import random
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 from torch import Tensor
@@ -30,6 +28,7 @@ from brainnet.checkpoint import load_checkpoint, newest_intact, rotate, save_che
 from brainnet.config import Scenario, ScenarioError, load_scenario
 from brainnet.data import Batch, build_corpus
 from brainnet.engine.allocator import keep_freed_memory
+from brainnet.engine.device import resolve_device, seed_everything
 from brainnet.engine.guard import Guard
 from brainnet.engine.logbook import Accumulator, Callback, Logbook, Progress
 from brainnet.engine.optim import build_optimizer, clip_module, clip_per_module, lr_at
@@ -43,22 +42,6 @@ from brainnet.society import Arousal, Knobs, Society, StepOut
 
 #: ``timer(phase)`` -> a context manager around a phase of ``train_step`` ("teacher_update")
 Timer = Callable[[str], contextlib.AbstractContextManager]
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ScenarioError(
-            ["device = 'cuda': CUDA is not available on this machine; allowed: auto, cpu"]
-        )
-    return torch.device(name)
 
 
 class Simulation:
