@@ -79,8 +79,9 @@ def run(
     from brainnet.engine.guard import NonFiniteError
 
     if resume is not None:
-        given = [n for n, v in (("SCENARIO", scenario), ("--set", sets), ("--device", device),
-                                ("--seed", seed), ("--out", out_dir)) if v]  # fmt: skip
+        options = (("SCENARIO", scenario), ("--set", sets), ("--device", device),
+                   ("--seed", seed), ("--out", out_dir))  # fmt: skip
+        given = [n for n, v in options if v not in (None, [])]  # --seed 0 is given too
         if given:
             _fail(f"--resume {str(resume)!r}: {', '.join(given)} not allowed: a resumed run "
                   "keeps its own scenario (a changed one is a new run); allowed: --steps N "

@@ -73,7 +73,28 @@ class RunWriter:
             f = self.path / name
             if f.exists():
                 rows.extend(r for r in pq.read_table(f).to_pylist() if r["step"] <= step)
+        self.dropped_events = self._cut_events(step)
         return self
+
+    def _cut_events(self, step: int) -> int:
+        """Keep events.jsonl up to the ``checkpoint`` event of ``step`` (what came after it is
+        logged again by the resumed run); returns how many lines were dropped."""
+        f = self.path / "events.jsonl"
+        if not f.exists():
+            return 0
+        lines = f.read_text().splitlines(keepends=True)
+        cut = len(lines)
+        for i, line in enumerate(lines):
+            try:
+                e = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill mid-write
+                cut = min(cut, i)
+                break
+            if e.get("kind") == "checkpoint" and e.get("step") == step:
+                cut = i + 1
+        if cut < len(lines):
+            atomic_write(f, "".join(lines[:cut]).encode())
+        return len(lines) - cut
 
     def write_text(self, name: str, text: str) -> None:
         atomic_write(self.path / name, text.encode())

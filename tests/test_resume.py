@@ -99,14 +99,17 @@ def test_sigkill_then_resume_ends_like_the_uninterrupted_run(tmp_path, mode):
     resume(run_dir)
     assert steps(run_dir) == steps(ref)
     assert compare_runs.compare(ref, run_dir) == []
-    resumed = [e for e in brainnet.open_run(run_dir).events if e["kind"] == "resume"]
+    events = brainnet.open_run(run_dir).events
+    resumed = [e for e in events if e["kind"] == "resume"]
     assert resumed[0]["step"] == (8 if mode == "after" else 4)  # during: the older one is intact
+    evals = [e["step"] for e in events if e["kind"] == "eval"]
+    assert evals == sorted(set(evals))  # what the killed run logged after its checkpoint: once
     assert not list(run_dir.glob(".checkpoint.pt.*.tmp")) or mode == "during"
 
 
 def test_resume_refuses_a_changed_scenario_and_extends_with_steps(tmp_path):
     ref = straight(tmp_path)
-    for extra in (["--set", "train.lr=0.1"], ["--seed", "3"], ["quickstart"]):
+    for extra in (["--set", "train.lr=0.1"], ["--seed", "0"], ["quickstart"]):
         res = CliRunner().invoke(app, ["run", *extra, "--resume", str(ref), "--quiet"])
         assert res.exit_code == 2 and "not allowed: a resumed run keeps its own scenario" in (
             res.output
@@ -127,3 +130,23 @@ def test_keep_checkpoints_keeps_the_newest(tmp_path):
     assert names == ["checkpoint-00000008.pt", "checkpoint.pt"]
     meta = [json.loads(line) for line in (sim.run_dir / "events.jsonl").read_text().splitlines()]
     assert [e["step"] for e in meta if e["kind"] == "checkpoint"] == [4, 8, 12]
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_and_kept_out_of_the_rotation(tmp_path):
+    sc = brainnet.load_scenario("quickstart", {**SMALL, "log.keep_checkpoints": 2})
+    ref = straight(tmp_path)
+    sim = brainnet.Simulation(sc, out_dir=tmp_path / "b")
+    sim.run(steps=8)  # checkpoint.pt holds 8, checkpoint-00000004.pt holds 4
+    latest = sim.run_dir / "checkpoint.pt"
+    data = bytearray(latest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    latest.write_bytes(bytes(data))
+    resume(sim.run_dir)
+    events = brainnet.open_run(sim.run_dir).events
+    (r,) = [e for e in events if e["kind"] == "resume"]
+    assert r["step"] == 4 and r["checkpoint"] == "checkpoint-00000004.pt" and r["skipped"]
+    assert len(list(sim.run_dir.glob("checkpoint.damaged-*.pt"))) == 1
+    from brainnet.checkpoint import kept, load_checkpoint
+
+    assert all(load_checkpoint(p) for p in kept(sim.run_dir))  # every kept one is intact
+    assert compare_runs.compare(ref, sim.run_dir) == []

@@ -68,7 +68,7 @@ class Logbook:
         """Go on writing into the existing run directory ``path`` from ``step`` (a ``resume``
         event with ``fields``: from which checkpoint, steps)."""
         self.writer = w = RunWriter.reopen(path, step)
-        w.event("resume", step, **fields)
+        w.event("resume", step, **fields, dropped_events=w.dropped_events)
         if self.sc.log.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -153,7 +153,8 @@ def _num(v: Tensor | list | None, i: int) -> float | None:
 class Accumulator:
     """Sums a step's device tensors over a log interval; ``mean`` is the one host sync.
 
-    NaN entries (a module that processed no sequence) are skipped in the mean."""
+    Non-finite entries are skipped in the mean: NaN where nothing was measured (a module that
+    processed no sequence), NaN / Inf of a step the non-finite guard dropped."""
 
     def __init__(self) -> None:
         self.sums: dict[str, Tensor] = {}
@@ -163,7 +164,7 @@ class Accumulator:
     def add(self, stats: dict[str, Tensor]) -> None:
         for k, v in stats.items():
             v = v.float()
-            ok = ~torch.isnan(v)
+            ok = torch.isfinite(v)
             if k in self.sums:
                 self.sums[k] = self.sums[k] + torch.where(ok, v, 0.0)
                 self.counts[k] = self.counts[k] + ok

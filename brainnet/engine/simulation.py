@@ -15,6 +15,7 @@ arousal retunes the society, and an emergence event may reorganise it.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -300,7 +301,7 @@ class Simulation:
             "optimizer": self.optimizer.state_dict(),
             "layout": self.relayout.state_dict(),
             **self.probes.state_dict(),
-            "guard": dict(self.guard.strikes),
+            "guard": {"strikes": dict(self.guard.strikes), "blind": self.guard.blind},
             "data_rng": self.data_rng.get_state(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
@@ -319,7 +320,8 @@ class Simulation:
             self.knobs = self.arousal.knobs(self.arousal.read()[0], self.scenario.society)
         self.optimizer.load_state_dict(state["optimizer"])
         self.probes.load_state_dict(state)
-        self.guard.strikes = dict(state.get("guard") or {})
+        guard = state.get("guard") or {}
+        self.guard.strikes, self.guard.blind = dict(guard.get("strikes", {})), guard.get("blind", 0)
         self.data_rng.set_state(state["data_rng"])
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
@@ -348,6 +350,9 @@ class Simulation:
         the resume."""
         run_dir = Path(run_dir)
         path, state, skipped = newest_intact(run_dir)
+        latest = run_dir / "checkpoint.pt"
+        if path != latest and latest.exists():  # damaged: out of the way of the next rotation
+            os.replace(latest, run_dir / f"checkpoint.damaged-{time.strftime('%Y%m%d-%H%M%S')}.pt")
         sc = load_scenario(yaml.safe_load(state["scenario"]))
         at = int(state["step"])
         new = _extended(sc, steps, at, run_dir)
