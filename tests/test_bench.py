@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -91,10 +92,11 @@ def test_module_token_accounting(quick) -> None:
     C = brain_clusters(N)
     assert C == 2
     assert by["brain"]["module_tokens_per_step"] == 3 * N * capacity(2, B, C, 1.5) * T
-    # the distillation cost from the same run: a consolidation step costs more than a plain one
-    assert 0 < by["brain"]["no_distill_step_ms"] < by["brain"]["consolidate_step_ms"]
-    assert 0 < by["brain"]["distill_share"] < 1
-    assert by["brain"]["ema_ms"] > 0
+    # the distillation cost comes from the same run's phase timings (distill_cost, tested on
+    # fixed times below); here only that they were measured: timings are not asserted in tests
+    for key in ("no_distill_step_ms", "consolidate_step_ms", "distill_share", "ema_ms"):
+        assert math.isfinite(by["brain"][key]), key
+    assert by["brain"]["ema_ms"] > 0 and by["brain"]["consolidate_step_ms"] > 0
     for r in rows:
         if r["case"] == "scaling":
             assert r["step_ms_per_module"] == pytest.approx(r["step_ms"] / r["n_modules"])
