@@ -29,9 +29,8 @@ from torch import Tensor
 from brainnet.data import Batch
 from brainnet.metrics import RunWriter
 from brainnet.modules import build_bank
-from brainnet.modules.bank import module_cross_entropy
 from brainnet.modules.resize import reset_rows
-from brainnet.society import Society
+from brainnet.society import Society, independent_step
 
 
 class NonFiniteError(RuntimeError):
@@ -105,7 +104,7 @@ class Guard:
 
     def _culprits(self, batch: Batch) -> tuple[list[int], str]:
         """Modules with non-finite parameters, else those whose own prediction is not finite."""
-        soc, bad_p, bad_z = self.society, [], []
+        soc, bad_p = self.society, []
         for b, bank in enumerate(soc.banks):
             M, off = bank.n_modules, soc.topology.bank_offset(b)
             ok = torch.ones(M, dtype=torch.bool, device=_device(bank))
@@ -115,12 +114,9 @@ class Guard:
         if bad_p:
             return bad_p, "non-finite parameters"
         soc.eval()
-        for b, bank in enumerate(soc.banks):
-            off = soc.topology.bank_offset(b)
-            tokens = batch.x.unsqueeze(0).expand(bank.n_modules, -1, -1)  # [M, B, T]
-            ce = module_cross_entropy(bank(tokens).logits, batch.y)  # [M]
-            bad_z += [off + i for i in (~torch.isfinite(ce)).nonzero().flatten().tolist()]
+        ce = independent_step(soc.banks, batch).module_loss  # [N] every module alone
         soc.train()
+        bad_z = (~torch.isfinite(ce)).nonzero().flatten().tolist()
         return bad_z, "non-finite prediction"
 
     def _restore(self, b: int, rows: Tensor, step: int) -> str:

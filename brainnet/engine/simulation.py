@@ -356,9 +356,7 @@ class Simulation:
         sc = load_scenario(yaml.safe_load(state["scenario"]))
         at = int(state["step"])
         new = _extended(sc, steps, at, run_dir)
-        sim = cls(new, out_dir=run_dir.parent)
-        state["scenario"] = new.to_yaml()
-        sim.load_state_dict(state)
+        sim = cls._restored(new, state, out_dir=run_dir.parent)
         sim._checkpoint_step = at
         w = sim.logbook.reopen(run_dir, at, checkpoint=path.name, skipped=skipped,
                                steps=new.train.steps)  # fmt: skip
@@ -378,7 +376,12 @@ class Simulation:
         weights, optimiser state and RNG streams, so it continues exactly where it stopped."""
         state = load_checkpoint(checkpoint)
         sc = load_scenario(yaml.safe_load(state["scenario"]))
-        sim = cls(sc, out_dir=out_dir, run_dir=run_dir)
+        return cls._restored(sc, state, out_dir=out_dir, run_dir=run_dir)
+
+    @classmethod
+    def _restored(cls, sc: Scenario, state: dict[str, Any], **dirs: Any) -> Simulation:
+        """A simulation of ``sc`` given a checkpoint's ``state`` (both resumes)."""
+        sim = cls(sc, **dirs)
         sim.load_state_dict(state)
         return sim
 
