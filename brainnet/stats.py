@@ -13,6 +13,8 @@ from scipy import stats as _scipy_stats
 #: the index columns ``group_table`` summarises (mean and t-interval half width)
 TABLE_METRICS = (
     "final_val_loss",
+    "final_val_answer_loss",
+    "final_val_answer_acc",
     "messages_per_step",
     "bytes_per_step",
     "sim_time_ms",
@@ -41,7 +43,8 @@ def t_interval(
 def group_table(index: Any, confidence: float = 0.95) -> list[dict[str, Any]]:
     """One row per group of a sweep index (an Arrow table or a list of row dicts), in index
     order, over its finished runs: ``group``, ``n`` (finished runs), ``runs`` (all), and for
-    each of ``TABLE_METRICS`` its mean (``<metric>``) and half width (``<metric>_ci``)."""
+    each of ``TABLE_METRICS`` its mean (``<metric>``) and half width (``<metric>_ci``); NaN
+    for a metric no finished run has (e.g. the answer losses of an index written before them)."""
     rows = index.to_pylist() if hasattr(index, "to_pylist") else list(index)
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in rows:

@@ -108,8 +108,12 @@ def test_sweep_report_has_every_section(sweep_dir):
     out = render_sweep(sweep_dir)
     assert out == sweep_dir / "report.html"
     page = out.read_text()
+    # the task corpus may mark answer tokens: the Pareto plot is then of the answer loss
+    answers = any(r.get("final_val_answer_loss") is not None for r in open_sweep(
+        sweep_dir).index.to_pylist())  # fmt: skip
+    loss = "final validation answer-token loss" if answers else "final validation loss"
     for text in ("<h2>summary</h2>", "<h2>groups: mean ± 95 % CI over seeds</h2>",
-                 "<h2>final validation loss against messages per step</h2>",
+                 f"<h2>{loss} against messages per step</h2>",
                  "<h2>loss curves by group</h2>", "base scenario</td><td>quickstart",
                  "seeds</td><td>[0, 1]", "6: 4 done, 1 failed, 1 pending",
                  "brain</td><td>—</td>", "solo</td><td>society=null</td>",
@@ -214,3 +218,132 @@ def test_cli_report_and_compare_take_sweep_directories(sweep_dir, tmp_path):
                                  "--out", str(tmp_path / "c.html")])  # fmt: skip
     assert r.exit_code == 0, r.output
     assert (tmp_path / "c.html").is_file() and re.search(r"\| tiny \| (★ )?brain \| 2 \|", r.output)
+
+
+# --------------------------------------------------------------------------- binding tasks
+
+FLOOR_MEAN = 1.7
+
+
+def binding(path: Path) -> Path:
+    """Three groups of two seeds whose fronts differ by loss: by final val loss only ``quiet``
+    (0 msgs, 2.0) is on it; by the answer loss ``quiet`` (0, 1.65) and ``talk`` (50, 0.4) are,
+    ``noisy`` (80, 0.9) is beaten by ``talk``. The first finished run has a run directory
+    whose vocab.json holds the floor."""
+    pts = {"quiet": (0.0, 2.0, 1.65), "talk": (50.0, 2.2, 0.4), "noisy": (80.0, 2.3, 0.9)}
+    rows = [
+        {"id": f"{g}/seed={s}", "group": g, "seed": s, "messages_per_step": m,
+         "final_val_loss": v + 0.01 * s, "final_val_answer_loss": a + 0.02 * s,
+         "final_val_answer_acc": 0.5 + 0.01 * s, "run_dir": f"{g}/seed={s}"}
+        for g, (m, v, a) in pts.items() for s in (0, 1)
+    ]  # fmt: skip
+    write_sweep(path, rows)
+    run = path / "quiet" / "seed=0"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"name": "binding", "seed": 0}))
+    vocab = {"domains": ["pairs"], "answer_floor": {"pairs": FLOOR_MEAN},
+             "answer_floor_mean": FLOOR_MEAN, "answer_ceiling": 0.0}  # fmt: skip
+    (run / "vocab.json").write_text(json.dumps(vocab))
+    return path
+
+
+def test_binding_sweep_pareto_is_answer_loss_with_floor_and_ceiling(tmp_path):
+    from brainnet.viz import sweep_plots
+
+    path = binding(tmp_path / "bind")
+    groups = groups_of(open_sweep(path))
+    assert {g.name for g in groups if g.front} == {"quiet", "talk"}  # by the answer loss
+    assert all(g.floor == FLOOR_MEAN and g.ceiling == 0.0 for g in groups)
+    fig = sweep_plots.pareto(groups)
+    (ax,) = fig.axes
+    lines = {line.get_gid(): line for line in ax.get_lines() if line.get_gid()}
+    assert list(lines["floor"].get_ydata()) == [FLOOR_MEAN, FLOOR_MEAN]
+    assert list(lines["ceiling"].get_ydata()) == [0.0, 0.0]
+    assert lines["floor"].get_label().startswith("floor: one view, no communication")
+    assert "answer" in ax.get_ylabel()
+    # the points are the groups' answer losses, not their val losses
+    ys = sorted(y for c in ax.containers for y in c.lines[0].get_ydata())  # errorbar points
+    assert ys == pytest.approx(sorted(g.stats["final_val_answer_loss"][0] for g in groups))
+    page = render_sweep(path).read_text()
+    for text in ("<h2>final validation answer-token loss against messages per step</h2>",
+                 "<th>final val answer loss</th>", "<th>final val answer acc</th>",
+                 "Pareto front of messages / step and final val answer loss",
+                 "<td>★ talk</td>", "<td>noisy</td>"):  # fmt: skip
+        assert text in page, text
+    mean, hw = hand_interval([0.4, 0.42])
+    assert f"<td>{mean:.4f} ± {hw:.4f}</td>" in page
+    assert_drawn(images(page))
+    assert "final val answer loss" in markdown(groups)
+
+
+def test_the_index_carries_the_last_evaluations_answer_loss(tmp_path):
+    from types import SimpleNamespace
+
+    import torch
+
+    from brainnet.sweep.index import DONE, index_row, write_index, write_marker
+    from brainnet.sweep.worker import final_metrics
+
+    def row(step, val=None, ans=None, acc=None):
+        train = {"tokens_per_s": 100.0, "module_tokens_per_s": 400.0, "train_loss": 3.0,
+                 "messages": 10.0, "bytes": 40.0, "sim_time_ms": 1.0}  # fmt: skip
+        train = train if step else {}
+        return {"step": step, "val_loss": val, "val_answer_loss": ans, "val_answer_acc": acc,
+                **train}  # fmt: skip
+
+    rows = [row(0, 5.0, 3.0, 0.0), row(2), row(4, 4.0, 1.2, 0.6), row(6)]  # eval at 0 and 4
+    bank = torch.nn.Linear(2, 2)
+    sim = SimpleNamespace(
+        scenario=SimpleNamespace(train=SimpleNamespace(batch_size=2)),
+        corpus=SimpleNamespace(block_size=2), writer=SimpleNamespace(rows=rows), step=6,
+        society=SimpleNamespace(n_modules=1, parameters=bank.parameters), banks=[bank],
+    )  # fmt: skip
+    metrics = final_metrics(sim)
+    assert metrics["final_val_answer_loss"] == 1.2 and metrics["final_val_answer_acc"] == 0.6
+    assert metrics["final_val_loss"] == 4.0
+    plain = final_metrics(SimpleNamespace(**{**vars(sim), "writer": SimpleNamespace(
+        rows=[{k: v for k, v in r.items() if "answer" not in k} for r in rows])}))  # fmt: skip
+    assert plain["final_val_answer_loss"] is None and plain["final_val_answer_acc"] is None
+    planned = SimpleNamespace(id="g/seed=0", group=SimpleNamespace(name="g", scenario="x"),
+                              overrides_json="{}", seed=0)  # fmt: skip
+    (tmp_path / "g" / "seed=0").mkdir(parents=True)
+    write_marker(tmp_path / "g" / "seed=0", DONE, {"wall_s": 1.0, **metrics})
+    write_index(tmp_path, [index_row(planned, tmp_path)])
+    (got,) = pq.read_table(tmp_path / "index.parquet").to_pylist()
+    assert got["final_val_answer_loss"] == 1.2 and got["final_val_answer_acc"] == 0.6
+
+
+def test_an_index_from_before_the_answer_columns_loads(tmp_path):
+    from brainnet.stats import group_table
+
+    old = pa.schema([f for f in SCHEMA if "answer" not in f.name])
+    path = tmp_path / "old"
+    path.mkdir()
+    (path / "sweep.yaml").write_text(yaml.safe_dump({"name": "old", "base": "quickstart"}))
+    rows = [{**dict.fromkeys(old.names), "id": f"{g}/seed=0", "group": g, "overrides": "{}",
+             "seed": 0, "status": "done", "messages_per_step": m, "final_val_loss": v}
+            for g, m, v in (("x", 0.0, 3.0), ("y", 10.0, 2.0))]  # fmt: skip
+    pq.write_table(pa.Table.from_pylist(rows, schema=old), path / "index.parquet")
+    sweep = open_sweep(path)
+    assert "final_val_answer_loss" not in sweep.index.column_names
+    table = group_table(sweep.index)
+    assert table[1]["final_val_loss"] == 2.0 and math.isnan(table[1]["final_val_answer_loss"])
+    groups = groups_of(sweep)
+    assert {g.name for g in groups if g.front} == {"x", "y"}  # by the val loss
+    assert all(g.floor is None for g in groups)
+    page = render_sweep(path).read_text()
+    assert "<h2>final validation loss against messages per step</h2>" in page
+    assert "final val answer" not in page  # no answer columns: none shown
+    assert_drawn(images(page))
+
+
+def test_a_comparison_with_a_sweep_without_answers_uses_the_val_loss(tmp_path):
+    from brainnet.viz.sweep import sources
+    from brainnet.viz.sweep_plots import loss_key
+
+    groups = sources([binding(tmp_path / "bind"), constructed(tmp_path / "made")])
+    assert loss_key(groups) == "final_val_loss"  # the loss every group has
+    # quiet (0 msgs, val loss 2.005) beats every group of made on val loss, talk (the answer
+    # loss's best) is not on the front of the val loss
+    assert {g.label for g in groups if g.front} == {"bind: quiet"}
+    assert loss_key([g for g in groups if g.source == "bind"]) == "final_val_answer_loss"

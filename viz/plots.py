@@ -48,6 +48,54 @@ def _vectors(rows: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarr
     return np.asarray(s), np.asarray(v, dtype=float)
 
 
+def _ragged(rows: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """A list column whose entries may be None (or whose rows differ in length) -> steps [N],
+    values [N, K] with NaN for None and for missing entries; rows where it is null are left
+    out."""
+    pts = [(r["step"], r[key]) for r in rows if r.get(key)]
+    if not pts:
+        return np.array([]), np.zeros((0, 0))
+    width = max(len(v) for _, v in pts)
+    out = np.full((len(pts), width), np.nan)
+    for i, (_, v) in enumerate(pts):
+        out[i, : len(v)] = [np.nan if x is None else float(x) for x in v]
+    return np.asarray([s for s, _ in pts]), out
+
+
+def _scalar_or_mean(rows: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """A column that is a float (independent modules) or a list per module (a society): its
+    value, or the mean over the list's finite entries, against steps."""
+    pts = []
+    for r in rows:
+        v = r.get(key)
+        if isinstance(v, list):
+            vals = [float(x) for x in v if x is not None and math.isfinite(float(x))]
+            v = sum(vals) / len(vals) if vals else None
+        if v is not None:
+            pts.append((r["step"], float(v)))
+    if not pts:
+        return np.array([]), np.array([])
+    s, v = zip(*pts, strict=True)
+    return np.asarray(s), np.asarray(v, dtype=float)
+
+
+def vocab(run: Run) -> dict[str, Any]:
+    """The run's ``vocab.json`` ({} if it has none or it does not parse): domain names and, for
+    binding tasks, ``answer_floor`` / ``answer_floor_mean`` / ``answer_ceiling``."""
+    f = Path(run.path) / "vocab.json"
+    try:
+        data = json.loads(f.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _domain_names(run: Run, n: int, voc: dict[str, Any] | None = None) -> list[str]:
+    names = list((voc if voc is not None else vocab(run)).get("domains") or [])
+    names = names or list((run.config.get("corpus") or {}).get("domains") or [])
+    return [str(names[d]) if d < len(names) else str(d) for d in range(n)]
+
+
 def _fig(n: int = 1, width: float = 10, height: float = 3.6) -> tuple[Figure, list[Any]]:
     fig, axes = plt.subplots(1, n, figsize=(width, height), squeeze=False)
     return fig, list(axes[0])
@@ -150,6 +198,56 @@ def losses(run: Run) -> Plot:
     return fig
 
 
+def answers(run: Run) -> Plot:
+    """Answer-token loss and accuracy per domain over steps: train thin lines, validation
+    markers; each domain's no-communication floor (``vocab.json`` ``answer_floor``) dashed."""
+    rows = _rows(run)
+    keys = ("answer_loss", "val_answer_loss", "domain_answer_loss", "val_domain_answer_loss")
+    if not any(r.get(k) is not None for r in rows for k in keys):
+        return "no answer tokens in this run (answer metrics come with binding tasks)"
+    voc = vocab(run)
+    floors = voc.get("answer_floor") or {}
+    fig, axes = _fig(2, 12, 4.2)
+    for ax, what in zip(axes, ("loss", "acc"), strict=True):
+        s_tr, tr = _ragged(rows, f"domain_answer_{what}")
+        s_va, va = _ragged(rows, f"val_domain_answer_{what}")
+        n = max(tr.shape[1] if tr.size else 0, va.shape[1] if va.size else 0)
+        names = _domain_names(run, n, voc)
+        for d in range(n):
+            has_tr = tr.size and d < tr.shape[1] and np.isfinite(tr[:, d]).any()
+            has_va = va.size and d < va.shape[1] and np.isfinite(va[:, d]).any()
+            if not (has_tr or has_va):
+                continue  # a domain without answers
+            colour = f"C{d % 10}"
+            if has_tr:
+                ax.plot(s_tr, tr[:, d], lw=0.8, alpha=0.7, color=colour, label=f"{names[d]} train")
+            if has_va:
+                ax.plot(s_va, va[:, d], "o", ms=4, color=colour, label=f"{names[d]} val")
+            floor = floors.get(names[d]) if isinstance(floors, dict) else None
+            if what == "loss" and floor is not None:
+                ax.axhline(float(floor), color=colour, ls="--", lw=1, label=f"{names[d]} floor")
+        s_all, all_tr = _series(rows, f"answer_{what}")
+        s_vall, all_va = _series(rows, f"val_answer_{what}")
+        if len(all_tr):
+            ax.plot(s_all, all_tr, color="k", lw=1.2, label="all train")
+        if len(all_va):
+            ax.plot(s_vall, all_va, "ks", ms=4, mfc="none", label="all val")
+        if what == "loss" and voc.get("answer_floor_mean") is not None:
+            ax.axhline(float(voc["answer_floor_mean"]), color="k", ls="--", lw=1,
+                       label="all floor")  # fmt: skip
+        if what == "loss":
+            ax.set(title="answer-token loss (dashed: floor with one view, no communication)",
+                   xlabel="step", ylabel="CE (nats / answer token)")  # fmt: skip
+        else:
+            ax.set(title="answer-token accuracy", xlabel="step", ylabel="share correct",
+                   ylim=(-0.02, 1.02))  # fmt: skip
+        ax.title.set_fontsize(9)
+        ax.legend(fontsize=6, ncol=2)
+        _mark_events(ax, run)
+    fig.tight_layout()
+    return fig
+
+
 def routing(run: Run) -> Plot:
     rows = _rows(run)
     s, dc = _vectors(rows, "domain_cluster")
@@ -198,24 +296,41 @@ def blackboard(run: Run) -> Plot:
     return fig
 
 
+#: what arousal sets besides k and rounds, drawn in the third panel (those the run logged)
+AROUSAL_SET = ("temperature", "threshold", "lr_scale", "focus_prior_max")
+
+
 def arousal(run: Run) -> Plot:
     rows = _rows(run)
     s, a = _series(rows, "arousal")
     if not len(a):
         return "no arousal: this run has no society"
-    _, f = _series(rows, "focus")
-    _, k = _series(rows, "k")
-    _, r = _series(rows, "rounds")
-    fig, (ax1, ax2) = _fig(2, 11)
+    sf, f = _series(rows, "focus")
+    sk, k = _series(rows, "k")
+    sr, r = _series(rows, "rounds")
+    knobs = [(key, *_series(rows, key)) for key in AROUSAL_SET]
+    knobs = [(key, st, v) for key, st, v in knobs if len(v)]
+    fig, axes = _fig(2 + bool(knobs), 16 if knobs else 11)
+    ax1, ax2 = axes[:2]
     ax1.plot(s, a, label="arousal")
-    ax1.plot(s, f, label="focus")
+    if len(f):
+        ax1.plot(sf, f, label="focus")
     ax1.set(title="brainstem state", xlabel="step", ylim=(-0.02, 1.02))
     ax1.legend()
-    ax2.step(s, k, where="post", label="router k")
-    ax2.step(s, r, where="post", label="feedback rounds")
-    ax2.set(title="what arousal set", xlabel="step")
+    if len(k):
+        ax2.step(sk, k, where="post", label="router k")
+    if len(r):
+        ax2.step(sr, r, where="post", label="feedback rounds")
+    ax2.set(title="what arousal set: k and rounds", xlabel="step")
     ax2.legend()
-    for ax in (ax1, ax2):
+    if knobs:
+        labels = {"temperature": "router temperature", "threshold": "board write threshold",
+                  "lr_scale": "lr scale", "focus_prior_max": "focus prior max"}  # fmt: skip
+        for key, st, v in knobs:
+            axes[2].step(st, v, where="post", label=labels[key])
+        axes[2].set(title="what arousal set: temperature, threshold, lr scale", xlabel="step")
+        axes[2].legend(fontsize=7)
+    for ax in axes:
         _mark_events(ax, run)
     fig.tight_layout()
     return fig
@@ -258,6 +373,19 @@ def emergence(run: Run) -> Plot:
     return fig
 
 
+#: message kinds in plotting order; any other ``messages_*`` column follows (old runs have
+#: ``messages_input``, newer ones split it into bottom-up, top-down and attend)
+KIND_ORDER = ("mate", "input", "bottom_up", "top_down", "attend", "board_read", "board_write")
+
+
+def message_kinds(rows: list[dict[str, Any]]) -> list[str]:
+    """The ``messages_<kind>`` columns of the rows (not the total ``messages``), known kinds
+    first in ``KIND_ORDER``, then the others in first-seen order."""
+    seen = dict.fromkeys(k for r in rows for k in r if k.startswith("messages_"))
+    known = [f"messages_{k}" for k in KIND_ORDER if f"messages_{k}" in seen]
+    return known + [k for k in seen if k not in known]
+
+
 def communication(run: Run) -> Plot:
     rows = _rows(run)
     pts = [r for r in rows if r.get("messages") is not None and r.get("train_loss") is not None]
@@ -269,18 +397,58 @@ def communication(run: Run) -> Plot:
     gaps = np.diff(np.concatenate([[0.0], steps]))
     cumulative = np.cumsum(per_step * gaps)
     fig, (a, b) = _fig(2, 11)
-    a.plot(cumulative, loss)
+    a.plot(cumulative, loss, label="train CE")
+    answer = [np.nan if r.get("answer_loss") is None else r["answer_loss"] for r in pts]
+    if not all(np.isnan(answer)):
+        a.plot(cumulative, answer, label="train answer CE")
+        a.legend(fontsize=7)
     a.set(title="loss against messages sent", xlabel="messages (cumulative)", ylabel="train CE")
-    kinds = [k for k in ("messages_mate", "messages_input", "messages_board_read",
-                         "messages_board_write") if any(r.get(k) for r in pts)]  # fmt: skip
+    kinds = [k for k in message_kinds(pts) if any(r.get(k) for r in pts)]
     for k in kinds:
-        b.plot(steps, [r[k] for r in pts], label=k.removeprefix("messages_"))
+        b.plot(steps, [np.nan if r.get(k) is None else r[k] for r in pts],
+               label=k.removeprefix("messages_"))  # fmt: skip
     b2 = b.twinx()
-    b2.plot(steps, [r["sim_time_ms"] for r in pts], "k--", lw=0.8, label="simulated ms")
+    sim = [np.nan if r.get("sim_time_ms") is None else r["sim_time_ms"] for r in pts]
+    b2.plot(steps, sim, "k--", lw=0.8, label="simulated ms")
     b.set(title="cost per step (messages by kind; dashed: simulated ms)", xlabel="step")
-    b.legend(fontsize=7)
+    if kinds:
+        b.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
 
-ALL = [losses, routing, blackboard, arousal, collapse, emergence, communication]
+def distillation(run: Run) -> Plot:
+    """The distillation loss on consolidation steps (the mean over modules; thin: each module)
+    and the teacher's statistics the run logged (e.g. Warmup-Distill's replaced share)."""
+    rows = _rows(run)
+    s, kd = _scalar_or_mean(rows, "distill_loss")
+    if not len(kd):
+        return "no distillation in this run (enable it with a `distill:` section)"
+    extra = dict.fromkeys(
+        k for r in rows for k in r
+        if k != "distill_loss" and k.startswith(("distill_", "warmup_", "teacher_", "peer_"))
+    )  # fmt: skip
+    extra_series = [(k, *_scalar_or_mean(rows, k)) for k in extra]
+    extra_series = [(k, st, v) for k, st, v in extra_series if len(v)]
+    fig, axes = _fig(1 + bool(extra_series), 11 if extra_series else 7)
+    s_m, per = _ragged(rows, "distill_loss")
+    if per.size and per.shape[1] > 1:
+        for m in range(per.shape[1]):
+            axes[0].plot(s_m, per[:, m], ".-", ms=3, lw=0.5, alpha=0.4, color="#999999")
+    axes[0].plot(s, kd, "o-", ms=3, color="#4c72b0", label="mean over modules")
+    axes[0].set(title="distillation loss on consolidation steps", xlabel="step",
+                ylabel="α·CE + (1 − α)·T²·KL")  # fmt: skip
+    axes[0].legend(fontsize=7)
+    if extra_series:
+        for k, st, v in extra_series:
+            axes[1].plot(st, v, "o-", ms=3, label=k)
+        axes[1].set(title="teacher and peer statistics (mean over modules)", xlabel="step")
+        axes[1].legend(fontsize=7)
+    for ax in axes:
+        _mark_events(ax, run)
+    fig.tight_layout()
+    return fig
+
+
+ALL = [losses, answers, routing, blackboard, arousal, collapse, distillation, emergence,
+       communication]  # fmt: skip

@@ -71,6 +71,7 @@ def summary(run: Run) -> dict[str, Any]:
         "initial val loss": end.get("initial_val_loss"),
         "final val loss": end.get("final_val_loss"),
         "final train loss": end.get("final_train_loss"),
+        **answer_summary(run, rows),
         "tokens / s": mean("tokens_per_s"),
         "module-token passes / s": mean("module_tokens_per_s"),
         "messages / step": mean("messages"),
@@ -78,6 +79,22 @@ def summary(run: Run) -> dict[str, Any]:
         "simulated ms / step": mean("sim_time_ms"),
         "wall time (s)": end.get("wall_s"),
         "torch": start.get("torch"),
+    }
+
+
+#: summary rows a run without answer tokens leaves out of its report (``compare`` keeps them)
+ANSWER_KEYS = ("final val answer loss", "final val answer acc", "answer floor (no communication)")
+
+
+def answer_summary(run: Run, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The last evaluation's answer-token loss and accuracy, and the no-communication floor of
+    the answer loss (``vocab.json``), None where the run has none."""
+    evals = [r for r in rows if r.get("val_loss") is not None]
+    last = evals[-1] if evals else {}
+    return {
+        ANSWER_KEYS[0]: last.get("val_answer_loss"),
+        ANSWER_KEYS[1]: last.get("val_answer_acc"),
+        ANSWER_KEYS[2]: plots.vocab(run).get("answer_floor_mean"),
     }
 
 
@@ -92,14 +109,17 @@ def _fmt(v: Any) -> str:
 def render(run_dir: str | Path) -> Path:
     """Write ``RUN_DIR/report.html`` and return its path."""
     run = open_run(run_dir)
-    table = "".join(f"<tr><td>{k}</td><td>{_fmt(v)}</td></tr>" for k, v in summary(run).items())
+    items = {k: v for k, v in summary(run).items() if k not in ANSWER_KEYS or v is not None}
+    table = "".join(f"<tr><td>{k}</td><td>{_fmt(v)}</td></tr>" for k, v in items.items())
     sections = [_section(t, p) for t, p in plots.society_graphs(run)]
     titles = {
         "losses": "losses (society, per cluster, per domain)",
+        "answers": "answer tokens: loss and accuracy per domain (dashed: no-communication floor)",
         "routing": "routing: domain x cluster, load per cluster",
         "blackboard": "blackboard: occupancy and who wrote",
-        "arousal": "arousal and focus",
+        "arousal": "arousal and focus, and what arousal set (k, rounds, temperature, lr scale)",
         "collapse": "collapse diagnostics per module",
+        "distillation": "distillation: loss and teacher statistics",
         "emergence": "Δφ, θ and reorganisation events",
         "communication": "communication cost against loss",
     }

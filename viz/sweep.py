@@ -8,9 +8,10 @@ runs, with n beside it (one seed: the value alone, no interval).
 
 The report has: a summary (name, base scenario, seeds, grid, runs done / failed / pending, each
 failed run's one-line error), the group table, final validation loss against messages per step
-(one point per group with its CI both ways, the Pareto front marked and joined) and the loss
-curves by group (mean over seeds with a 95 % CI band). Images are embedded (base64 PNG), so the
-page is one file; a plot without data is a one-line note.
+(one point per group with its CI both ways, the Pareto front marked and joined; for binding
+tasks the answer-token loss, with the no-communication floor and the ceiling as labelled lines)
+and the loss curves by group (mean over seeds with a 95 % CI band). Images are embedded (base64
+PNG), so the page is one file; a plot without data is a one-line note.
 """
 
 from __future__ import annotations
@@ -23,13 +24,15 @@ from typing import Any
 from brainnet.metrics import Run, open_run, open_sweep
 from brainnet.stats import pareto_front
 from brainnet.viz import sweep_plots
-from brainnet.viz.plots import _series
+from brainnet.viz.plots import _series, vocab
 from brainnet.viz.report import CHECK, STYLE, _section
-from brainnet.viz.sweep_plots import Group, interval
+from brainnet.viz.sweep_plots import ANSWER_LOSS, Group, interval, loss_key
 
 # index.parquet column -> table heading
 METRICS = {
     "final_val_loss": "final val loss",
+    "final_val_answer_loss": "final val answer loss",
+    "final_val_answer_acc": "final val answer acc",
     "messages_per_step": "messages / step",
     "bytes_per_step": "bytes / step",
     "sim_time_ms": "simulated ms / step",
@@ -37,13 +40,26 @@ METRICS = {
     "params_total": "parameters",
     "active_params_per_token": "active params / token",
 }
-LOSSES = {"final_val_loss"}
+LOSSES = {"final_val_loss", "final_val_answer_loss", "final_val_answer_acc"}  # 4 decimals
+#: columns the table shows only where some group has a value (binding tasks)
+ANSWERS = ("final_val_answer_loss", "final_val_answer_acc")
 CI_NOTE = (
     "mean ± half-width of the 95 % t-interval over the group's finished seeds (Student's t, "
     "n − 1 degrees of freedom); n = finished runs; one seed: the value alone. "
-    "★ = on the Pareto front of messages / step and final val loss (no other group has fewer "
+    "★ = on the Pareto front of messages / step and {loss} (no other group has fewer "
     "messages and a lower loss)."
 )
+
+
+def columns(groups: list[Group]) -> list[str]:
+    """The index columns the group table shows: every one of ``METRICS``, the answer-token
+    columns only where some group has them."""
+    have = {k for g in groups for k in ANSWERS if g.stats.get(k, (None,))[0] is not None}
+    return [k for k in METRICS if k not in ANSWERS or k in have]
+
+
+def _loss_name(groups: list[Group]) -> str:
+    return "final val answer loss" if loss_key(groups) == ANSWER_LOSS else "final val loss"
 
 
 def is_sweep_dir(path: str | Path) -> bool:
@@ -61,6 +77,7 @@ def groups_of(sweep: Any, source: str = "") -> list[Group]:
     (finished runs only), Pareto front marked."""
     groups: dict[str, Group] = {}
     values: dict[str, dict[str, list[float]]] = {}
+    bounds: tuple[Any, Any] | None = None  # answer floor, ceiling
     for row in sweep.index.to_pylist():
         name = str(row["group"])
         g = groups.get(name)
@@ -76,6 +93,9 @@ def groups_of(sweep: Any, source: str = "") -> list[Group]:
         for k in METRICS:
             values[name][k].append(row.get(k))
         run = _open(sweep, row)
+        if run is not None and bounds is None:  # the first finished run's vocab.json
+            voc = vocab(run)
+            bounds = (voc.get("answer_floor_mean"), voc.get("answer_ceiling"))
         if run is not None:
             for key in ("val_loss", "train_loss"):
                 s, v = _series(run.metrics.to_pylist(), key)
@@ -83,10 +103,16 @@ def groups_of(sweep: Any, source: str = "") -> list[Group]:
                     g.curves.setdefault(key, []).append((s, v))
     for name, g in groups.items():
         g.stats = {k: interval(values[name][k]) for k in METRICS}
+        g.floor, g.ceiling = _bound(bounds, 0), _bound(bounds, 1)
     out = list(groups.values())
     _own_overrides(out, (sweep.spec or {}).get("set") or {})
     mark_front(out)
     return out
+
+
+def _bound(bounds: tuple[Any, Any] | None, i: int) -> float | None:
+    v = None if bounds is None else bounds[i]
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 def run_group(run_dir: str | Path) -> Group:
@@ -105,8 +131,11 @@ def run_group(run_dir: str | Path) -> Group:
         return sum(vals) / len(vals) if vals else None
 
     passes = [r["module_tokens_per_s"] / r["tokens_per_s"] * tokens for r in trained]
+    evals = [r for r in rows if r.get("val_loss") is not None]
     numbers = {
         "final_val_loss": end.get("final_val_loss"),
+        "final_val_answer_loss": evals[-1].get("val_answer_loss") if evals else None,
+        "final_val_answer_acc": evals[-1].get("val_answer_acc") if evals else None,
         "messages_per_step": mean("messages") if any("messages" in r for r in rows) else 0.0,
         "bytes_per_step": mean("bytes"),
         "sim_time_ms": mean("sim_time_ms"),
@@ -116,6 +145,9 @@ def run_group(run_dir: str | Path) -> Group:
     }
     g = Group(f"{run.config.get('name')} ({Path(run_dir).name})", "run", done=1)
     g.stats = {k: interval([v]) for k, v in numbers.items()}
+    voc = vocab(run)
+    g.floor = _bound((voc.get("answer_floor_mean"), voc.get("answer_ceiling")), 0)
+    g.ceiling = _bound((voc.get("answer_floor_mean"), voc.get("answer_ceiling")), 1)
     for key in ("val_loss", "train_loss"):
         s, v = _series(rows, key)
         if len(s):
@@ -125,10 +157,12 @@ def run_group(run_dir: str | Path) -> Group:
 
 def mark_front(groups: list[Group]) -> None:
     """Set ``front`` on the groups no other group beats in both messages / step and final
-    val loss (lower is better in both; groups without both numbers are never on it)."""
-    have = [g for g in groups if g.stats["final_val_loss"][0] is not None]
+    val loss (the answer-token loss where the groups have it: ``loss_key``; lower is better in
+    both; groups without both numbers are never on it)."""
+    key = loss_key(groups)
+    have = [g for g in groups if g.stats.get(key, (None,))[0] is not None]
     have = [g for g in have if g.stats["messages_per_step"][0] is not None]
-    pts = [(g.stats["messages_per_step"][0], g.stats["final_val_loss"][0]) for g in have]
+    pts = [(g.stats["messages_per_step"][0], g.stats[key][0]) for g in have]
     on = set(pareto_front(pts)) if pts else set()
     for g in groups:
         g.front = False
@@ -216,30 +250,32 @@ def _cell(v: Any) -> str:
 
 
 def group_table(groups: list[Group], with_source: bool = False) -> str:
+    shown = columns(groups)
     head = (["sweep"] if with_source else []) + ["group", "overrides", "n", "failed"]
-    head += list(METRICS.values())
+    head += [METRICS[k] for k in shown]
     rows = []
     for g in groups:
         over = ", ".join(f"{k}={json.dumps(v)}" for k, v in g.overrides.items()) or "—"
         name = ("★ " if g.front else "") + g.name
         cells = ([_cell(g.source)] if with_source else []) + [_cell(name), _cell(over)]
         cells += [_cell(g.done), _cell(g.failed)]
-        cells += [_cell(fmt_interval(g.stats[k], g.done, k in LOSSES)) for k in METRICS]
+        cells += [_cell(fmt_interval(g.stats[k], g.done, k in LOSSES)) for k in shown]
         rows.append("<tr>" + "".join(cells) + "</tr>")
     ths = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     return (
-        f"<p class='note'>{html.escape(CI_NOTE)}</p>"
+        f"<p class='note'>{html.escape(CI_NOTE.format(loss=_loss_name(groups)))}</p>"
         f"<div class='wide'><table class='groups'><tr>{ths}</tr>{''.join(rows)}</table></div>"
     )
 
 
 def markdown(groups: list[Group], with_source: bool = False) -> str:
     """The group table as markdown (for the terminal): intervals as in the page."""
-    head = (["sweep"] if with_source else []) + ["group", "n"] + list(METRICS.values())
+    shown = columns(groups)
+    head = (["sweep"] if with_source else []) + ["group", "n"] + [METRICS[k] for k in shown]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for g in groups:
         cells = ([g.source] if with_source else []) + [("★ " if g.front else "") + g.name]
-        cells += [str(g.done)] + [fmt_interval(g.stats[k], g.done, k in LOSSES) for k in METRICS]
+        cells += [str(g.done)] + [fmt_interval(g.stats[k], g.done, k in LOSSES) for k in shown]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -298,9 +334,14 @@ def _plots(groups: list[Group], by_source: bool) -> str:
         notes.append("no group sends messages: every point of the loss-messages plot is at 0")
     elif msgs and min(msgs) == 0:
         notes.append("some groups send no messages: the messages axis is symlog (linear near 0)")
+    key = loss_key(groups)
+    what = "final validation answer-token loss" if key == ANSWER_LOSS else "final validation loss"
+    if key == ANSWER_LOSS:
+        notes.append("binding task: the Pareto front is of the answer-token loss (dashed: the "
+                     "floor of one view without communication; dotted: the ceiling)")  # fmt: skip
     out = [
-        _section("final validation loss against messages per step",
-                 sweep_plots.pareto(groups, by_source=by_source)),
+        _section(f"{what} against messages per step",
+                 sweep_plots.pareto(groups, by_source=by_source, key=key)),
         _section("loss curves by group", sweep_plots.loss_curves(groups)),
     ]  # fmt: skip
     return "".join(f"<p class='note'>{html.escape(n)}</p>" for n in notes) + "".join(out)

@@ -33,11 +33,28 @@ class Group:
     pending: int = 0
     stats: dict[str, Interval] = field(default_factory=dict)  # index column -> interval
     curves: dict[str, list[Series]] = field(default_factory=dict)  # metric -> one per seed
-    front: bool = False  # on the Pareto front of (messages / step, final val loss)
+    front: bool = False  # on the Pareto front of (messages / step, the loss ``loss_key`` says)
+    floor: float | None = None  # answer-token loss with one view, no communication (vocab.json)
+    ceiling: float | None = None  # the best answer-token loss (all views bound: 0)
 
     @property
     def label(self) -> str:
         return f"{self.source}: {self.name}" if self.source else self.name
+
+
+ANSWER_LOSS = "final_val_answer_loss"
+
+
+def loss_key(groups: list[Group]) -> str:
+    """The loss the Pareto front and plot use: the final validation answer-token loss when
+    the groups have it (binding tasks: the answer is what needs communication), else the
+    final validation loss. Every group with a final validation loss must have an answer loss
+    too: groups of a corpus without answers (say, in a comparison with an older sweep) are
+    compared on the loss they all have."""
+    answer = [g for g in groups if _has(g, ANSWER_LOSS)]
+    if answer and all(_has(g, ANSWER_LOSS) for g in groups if _has(g, "final_val_loss")):
+        return ANSWER_LOSS
+    return "final_val_loss"
 
 
 def interval(values: list[float]) -> Interval:
@@ -81,13 +98,19 @@ def _xscale(ax: Any, xs: list[float]) -> str:
     return "linear"
 
 
-def pareto(groups: list[Group], by_source: bool = False) -> Plot:
-    """Final validation loss against messages per step, one point per group with its 95 % CI
-    in both directions (where n > 1); the Pareto front (fewer messages and lower loss: no
-    other group is better in both) marked and joined. ``by_source``: colour by sweep."""
-    pts = [g for g in groups if _has(g, "final_val_loss") and _has(g, "messages_per_step")]
+def pareto(groups: list[Group], by_source: bool = False, key: str | None = None) -> Plot:
+    """Final validation loss (``key``; default ``loss_key``: the answer-token loss where the
+    groups have it) against messages per step, one point per group with its 95 % CI in both
+    directions (where n > 1); the Pareto front (fewer messages and lower loss: no other group
+    is better in both) marked and joined. With the answer loss, the no-communication floor and
+    the ceiling (``Group.floor`` / ``ceiling``, from the runs' vocab.json) are labelled
+    horizontal lines. ``by_source``: colour by sweep."""
+    key = key or loss_key(groups)
+    answer = key == ANSWER_LOSS
+    pts = [g for g in groups if _has(g, key) and _has(g, "messages_per_step")]
     if not pts:
-        return "no group has a finished run with a final validation loss and a message count"
+        what = "answer-token loss" if answer else "validation loss"
+        return f"no group has a finished run with a final {what} and a message count"
     fig, (ax,) = _fig(1, 8.5, 5.2)
     sources = list(dict.fromkeys(g.source for g in pts))
     colours = {s: f"C{i % 10}" for i, s in enumerate(sources)}
@@ -99,9 +122,9 @@ def pareto(groups: list[Group], by_source: bool = False) -> Plot:
             if not sel:
                 continue
             x = [g.stats["messages_per_step"][0] for g in sel]
-            y = [g.stats["final_val_loss"][0] for g in sel]
+            y = [g.stats[key][0] for g in sel]
             xerr = [g.stats["messages_per_step"][1] or 0.0 for g in sel]
-            yerr = [g.stats["final_val_loss"][1] or 0.0 for g in sel]
+            yerr = [g.stats[key][1] or 0.0 for g in sel]
             colour = colours[s] if by_source else ("#c44e52" if front else "#4c72b0")
             label = "Pareto front" if front else "dominated"
             if by_source:  # one legend entry per sweep
@@ -113,33 +136,59 @@ def pareto(groups: list[Group], by_source: bool = False) -> Plot:
     front = sorted((g for g in pts if g.front), key=lambda g: g.stats["messages_per_step"][0])
     if len(front) > 1:
         ax.step([g.stats["messages_per_step"][0] for g in front],
-                [g.stats["final_val_loss"][0] for g in front],
+                [g.stats[key][0] for g in front],
                 where="post", color="#c44e52", ls="--", lw=1, zorder=0)  # fmt: skip
+    if answer:
+        _bounds(ax, pts, by_source)
     xs = [g.stats["messages_per_step"][0] for g in pts]
     scale = _xscale(ax, xs)
     ax.autoscale_view()
     placed: list[tuple[float, float]] = []  # labels' anchors in pixels: stack the ones that meet
     for g in pts:
-        xy = (g.stats["messages_per_step"][0], g.stats["final_val_loss"][0])
+        xy = (g.stats["messages_per_step"][0], g.stats[key][0])
         px, py = ax.transData.transform(xy)
         dy = 4.0
         while any(abs(px - qx) < 60 and abs(py + dy * 1.25 - qy) < 9 for qx, qy in placed):
             dy += 8.0
         placed.append((px, py + dy * 1.25))
         ax.annotate(g.label, xy, xytext=(6, dy), textcoords="offset points", fontsize=7)
-    title = "final validation loss against messages per step (bars: 95 % CI over seeds)"
+    what = "final validation answer-token loss" if answer else "final validation loss"
+    title = f"{what} against messages per step (bars: 95 % CI over seeds)"
     if max(xs) == 0:
-        title = "final validation loss (no group sends messages: every x is 0)"
+        title = f"{what} (no group sends messages: every x is 0)"
     elif scale == "symlog":
         title += "\nx axis symlog: some groups send no messages"
     if by_source and any(g.front for g in pts):
         ax.plot([], [], "*", ms=11, color="w", mec="k", label="Pareto front (all sweeps)")
-    ax.set(title=title, xlabel="messages / step", ylabel="final val CE (nats / token)")
+    ylabel = (
+        "final val answer CE (nats / answer token)" if answer else "final val CE (nats / token)"
+    )
+    ax.set(title=title, xlabel="messages / step", ylabel=ylabel)
     ax.title.set_fontsize(10)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def _bounds(ax: Any, pts: list[Group], by_source: bool) -> None:
+    """The answer loss's floor (one view, no communication) and ceiling as labelled horizontal
+    lines: one per distinct value (named by its sweep when the sweeps' floors differ)."""
+    for attr, style, colour, what in (
+        ("floor", "--", "#555555", "floor: one view, no communication"),
+        ("ceiling", ":", "#2a9d4a", "ceiling: every view bound"),
+    ):
+        values: dict[float, list[str]] = {}
+        for g in pts:
+            v = getattr(g, attr)
+            if v is not None and math.isfinite(float(v)):
+                values.setdefault(float(v), [])
+                if g.source not in values[float(v)]:
+                    values[float(v)].append(g.source)
+        for v, srcs in values.items():
+            whose = f", {', '.join(srcs)}" if by_source and len(values) > 1 else ""
+            ax.axhline(v, ls=style, color=colour, lw=1.2, zorder=0,
+                       label=f"{what} ({v:.3f}{whose})", gid=attr)  # fmt: skip
 
 
 def loss_curves(groups: list[Group]) -> Plot:

@@ -16,13 +16,19 @@ Columns of ``index.parquet``:
     steps                    optimiser steps trained
     final_val_loss           the last validation loss
     final_train_loss         the training loss of the last logged interval
-    messages_per_step        messages (mate, input, board read and write) per step
+    final_val_answer_loss    the last evaluation's loss on answer tokens (binding tasks; null
+                             for a corpus without answers, and in an index written before it)
+    final_val_answer_acc     the last evaluation's accuracy on answer tokens (likewise)
+    messages_per_step        messages (every kind: the `messages` column) per step
     bytes_per_step           bytes those messages carry per step
     sim_time_ms              simulated time of a step (null for independent modules: no clock)
     module_tokens_per_step   module-token passes per step (a token through one module once)
     params_total             parameters of the society: every module and the router
     active_params_per_token  parameters a corpus token passes through in one step (compute)
     run_dir                  the run directory, relative to the sweep directory
+
+Readers take an index as it is on disk: one written before a column existed lacks it (the
+report shows a dash), and a ``done.json`` without a metric gives a null in the rebuilt row.
 
 The per-step columns are means over all trained steps (the logged intervals weighted by their
 length), so that arousal's changes of k and rounds count for as long as they lasted.
@@ -49,6 +55,8 @@ METRICS: dict[str, pa.DataType] = {
     "steps": pa.int64(),
     "final_val_loss": pa.float64(),
     "final_train_loss": pa.float64(),
+    "final_val_answer_loss": pa.float64(),
+    "final_val_answer_acc": pa.float64(),
     "messages_per_step": pa.float64(),
     "bytes_per_step": pa.float64(),
     "sim_time_ms": pa.float64(),

@@ -128,7 +128,8 @@ def final_metrics(sim: Simulation) -> dict[str, Any]:
     every parameter of the society, router included."""
     sc = sim.scenario
     rows = sim.writer.rows if sim.writer is not None else []
-    vals = [r["val_loss"] for r in rows if r.get("val_loss") is not None]
+    evals = [r for r in rows if r.get("val_loss") is not None]
+    vals = [r["val_loss"] for r in evals]
     train = [r for r in rows if r.get("tokens_per_s") is not None]
     tokens = sc.train.batch_size * sim.corpus.block_size  # corpus tokens per step
     weights, prev = [], 0
@@ -148,6 +149,8 @@ def final_metrics(sim: Simulation) -> dict[str, Any]:
         "steps": sim.step,
         "final_val_loss": vals[-1] if vals else None,
         "final_train_loss": train[-1]["train_loss"] if train else None,
+        "final_val_answer_loss": evals[-1].get("val_answer_loss") if evals else None,
+        "final_val_answer_acc": evals[-1].get("val_answer_acc") if evals else None,
         "messages_per_step": mean([r.get("messages", 0.0) for r in train]),
         "bytes_per_step": mean([r.get("bytes", 0.0) for r in train]),
         "sim_time_ms": mean([r.get("sim_time_ms") for r in train]),
