@@ -114,6 +114,7 @@ def test_focus():
 
 
 def test_maps_and_force():
+    """The maps read the excitation: low ends at calm (and below), high ends at arousal 1."""
     cfg = ArousalConfig(
         k_range=(1, 4),
         rounds_range=(1, 3),
@@ -123,18 +124,19 @@ def test_maps_and_force():
     a = Arousal(cfg, 4)
     a.force(1.0)
     hi = a.read()[0]
-    assert (a.k(hi, 2), a.rounds(hi), a.temperature(hi), a.threshold(hi)) == (4, 3, 0.5, 0.7)
-    a.force(0.0)
-    lo = a.read()[0]
-    assert (a.k(lo, 2), a.rounds(lo), a.temperature(lo), a.threshold(lo)) == (1, 1, 2.0, 0.3)
-    assert a.k(0.5, 2) == 3  # 2.5 rounds half up
-    assert a.rounds(0.5) == 2 and a.temperature(0.5) == pytest.approx(1.25)
+    assert (a.k(hi), a.rounds(hi), a.temperature(hi), a.threshold(hi)) == (4, 3, 0.5, 0.7)
+    for lo in (a.calm, 0.0):  # calm, and anything below it, is the low end
+        assert (a.k(lo), a.rounds(lo), a.temperature(lo), a.threshold(lo)) == (1, 1, 2.0, 0.3)
+    mid = a.calm + 0.5 * (1 - a.calm)  # excitation 0.5
+    assert a.k(mid) == 3  # 2.5 rounds half up
+    assert a.rounds(mid) == 2 and a.temperature(mid) == pytest.approx(1.25)
     grid = [i / 100 for i in range(101)]
     for f, sign in ((a.k, 1), (a.rounds, 1), (a.temperature, -1), (a.threshold, 1)):
-        vals = [f(x, 2) if f == a.k else f(x) for x in grid]
+        vals = [f(x) for x in grid]
         assert all(sign * (v1 - v0) >= 0 for v0, v1 in zip(vals[:-1], vals[1:], strict=True))
-    assert a.k(1.5, 2) == 4 and a.rounds(-1.0) == 1  # clamped to [0, 1]
-    assert Arousal(ArousalConfig(), 4).k(1.0, default_k=2) == 2  # no k_range: fixed k
+    assert a.k(1.5) == 4 and a.rounds(-1.0) == 1  # clamped to [0, 1]
+    with pytest.raises(ValueError, match="k_range"):  # None derives from the society
+        Arousal(ArousalConfig(), 4).k(1.0)
 
 
 def test_disabled_is_a_no_op():

@@ -56,6 +56,9 @@ class BlackboardConfig(Strict):
 
 
 class ArousalConfig(Strict):
+    """The brainstem (docs/arousal.md). A range is a knob's value at excitation 0 (calm, arousal
+    at sigmoid(bias)) and 1 (arousal 1); None derives it from the society's own settings."""
+
     enabled: bool = Field(True, description="False: update() is a no-op (arousal stays fixed)")
     rate: float = Field(0.1, gt=0, le=1, description="EMA rate of arousal and running stats")
     warmup: int = Field(
@@ -66,17 +69,26 @@ class ArousalConfig(Strict):
     delta_phi_weight: float = Field(1.0, ge=0, description="weight of Δφ / θ from emergence")
     bias: float = Field(-1.0, description="drive offset: calm arousal settles at sigmoid(bias)")
     k_range: tuple[int, int] | None = Field(
-        None, description="router k at arousal 0 and 1; None = the router's fixed top_k"
+        None,
+        description="router k calm / aroused; None = top_k .. k_max (else min(top_k+1, clusters))",
     )
-    rounds_range: tuple[int, int] = Field((1, 1), description="feedback rounds at arousal 0, 1")
-    temperature_range: tuple[float, float] = Field(
-        (1.0, 1.0), description="router temperature at arousal 0 and 1 (either direction)"
+    rounds_range: tuple[int, int] | None = Field(
+        None, description="feedback rounds calm / aroused; None = rounds .. rounds + 1"
     )
-    threshold_range: tuple[float, float] = Field(
-        (0.5, 0.5), description="blackboard write threshold at arousal 0 and 1 (either direction)"
+    temperature_range: tuple[float, float] | None = Field(
+        None, description="router temperature calm / aroused; None = temperature .. 2x"
+    )
+    threshold_range: tuple[float, float] | None = Field(
+        None, description="blackboard write threshold calm / aroused; None = threshold .. half"
+    )
+    lr_range: tuple[float, float] | None = Field(
+        None, description="multiplier of the scheduled lr calm / aroused; None = 1 (off)"
+    )
+    focus_gain: float = Field(
+        0.0, ge=0, description="router prior towards the clusters in use, x focus; 0 = off"
     )
 
-    @field_validator("k_range", "rounds_range", "temperature_range", "threshold_range")
+    @field_validator("k_range", "rounds_range", "temperature_range", "threshold_range", "lr_range")
     @classmethod
     def _ranges(cls, v: Any, info: ValidationInfo) -> Any:
         ok, rule = {
@@ -84,6 +96,7 @@ class ArousalConfig(Strict):
             "rounds_range": (lambda lo, hi: 0 <= lo <= hi, "must be [lo, hi] with 0 <= lo <= hi"),
             "temperature_range": (lambda *t: min(t) > 0, "each must be > 0"),
             "threshold_range": (lambda *t: 0 <= min(t) <= max(t) <= 1, "each must be in [0, 1]"),
+            "lr_range": (lambda *t: min(t) > 0, "each must be > 0"),
         }[info.field_name]
         if v is not None and not ok(*v):
             raise ValueError(rule)
@@ -118,6 +131,7 @@ class SocietyConfig(Strict):
 
     @check("topology", "clusters", "router", "arousal")
     def _k_fits_clusters(self) -> Problems:
+        # k_range None derives its top from k_max or min(top_k + 1, clusters): it always fits
         k = max(self.router.k_max or self.router.top_k, *(self.arousal.k_range or (1,)))
         if TOPOLOGIES.get(self.topology).routed and k > self.clusters:
             yield problem(("router", "top_k"), k, f"must be <= society.clusters ({self.clusters})")

@@ -150,7 +150,7 @@ class Simulation:
         cfg, dcfg = self.scenario.train, self.scenario.distill
         self.corpus.at_step(self.step)
         batch = self.corpus.batch("train", cfg.batch_size, self.data_rng).to(self.device)
-        lr = lr_at(self.step, cfg)
+        lr = lr_at(self.step, cfg) * self.knobs.lr_scale  # arousal's multiplier (1: off)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         self.society.train()
@@ -247,7 +247,7 @@ class Simulation:
                     dt = time.perf_counter() - t0
                     row = {
                         "step": step,
-                        "lr": lr_at(step - 1, cfg),
+                        "lr": lr_at(step - 1, cfg) * self.knobs.lr_scale,  # what it ran with
                         "tokens_per_s": acc.n * tokens_per_step / dt,
                         "module_tokens_per_s": acc.n * self.module_tokens_per_step() / dt,
                     }
@@ -256,12 +256,14 @@ class Simulation:
                     knobs = self.knobs  # what the interval ran with
                     if self.arousal is not None:  # arousal retunes the society here, not per step
                         a, focus = self.arousal.read()
-                        row.update(arousal=a, focus=focus, **vars(knobs))
+                        row.update(arousal=a, focus=focus, **knobs.row())
                         self.knobs = self.arousal.knobs(a, sc.society)
                     val = self._eval_host() if do_eval else None
                     self._log(row, train, val, callbacks, module_probes, knobs)
                     if event is not None and sc.reorganize is not None:  # the row: old layout
                         self.reorganize(*event)
+                        if self.arousal is not None:  # the focus prior follows the new C
+                            self.knobs = self.arousal.knobs(a, sc.society)
                     bar.update(step, w.rows[-1], w.last_event)
                     acc = Accumulator()
                     t0 = time.perf_counter()

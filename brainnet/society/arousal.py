@@ -1,29 +1,22 @@
 """Arousal (brainstem): global scalars that modulate how much of the society is engaged.
 
 Why: a surprising loss, a change in how inputs are routed (novelty) or a jump of the emergence
-probe (Δφ) should wake the society up: more clusters per sequence, more feedback rounds, and a
-different router temperature / blackboard threshold; a calm, predictable stream lets it settle.
+probe (Δφ) should wake the society up: more clusters per sequence, more feedback rounds, a softer
+router gate, more blackboard writes (and optionally a larger lr); a calm, predictable stream lets
+it settle. ``focus`` (how concentrated routing is) can bias the router towards the clusters in use.
 
-State (device tensors, no parameters, no host sync in ``update``)::
-
-    drive   = sigmoid(w_s * surprise + w_n * novelty + w_φ * Δφ + bias)
-    arousal = (1 - rate) * arousal + rate * drive          # settles at sigmoid(bias) when calm
-    focus   = 1 - H(mean_b probs) / log C                  # 1 = every sequence to one cluster
-
-surprise = the loss's z-score against its running mean / variance (EMA with ``rate``), clamped
-to [-5, 5]; novelty = KL(mean_b probs || running mean routing distribution). The first
-``warmup`` updates only gather loss statistics (surprise 0): one sample has no variance. A steady
-loss settles arousal exactly at sigmoid(bias); a noisy but stationary one a little above it,
-since z-scores have unit variance whatever the noise level.
-
-The maps ``k``, ``rounds``, ``temperature``, ``threshold`` take a python float: callers read
-arousal on the host once per log interval (``read``) and use it until the next one.
+The state (arousal, focus, running loss and routing statistics) lives on the device and
+``update`` never syncs; docs/arousal.md has the equations. The maps read the *excitation*
+``e = clamp((a - calm) / (1 - calm), 0, 1)``, calm = sigmoid(bias): every knob sits at the low
+end of its range when calm and at the high end when fully aroused. Callers read arousal on the
+host once per log interval (``read``) and use the ``Knobs`` it gives until the next one.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -33,21 +26,53 @@ from brainnet.config import ArousalConfig, SocietyConfig
 
 @dataclass
 class Knobs:
-    """What arousal sets for a step (host values, changed at log intervals only)."""
+    """What arousal sets for a step (changed at log intervals only; all host values but the
+    ``prior``, a device tensor)."""
 
     k: int
     rounds: int
     temperature: float
     threshold: float
+    lr_scale: float = 1.0  # multiplier of the scheduled learning rate
+    #: [C] device tensor added to the router's gate logits (focus prior), or None
+    prior: Tensor | None = field(default=None, compare=False)
 
     @classmethod
     def fixed(cls, cfg: SocietyConfig) -> Knobs:
         """The society's own settings, for a society without (or with a disabled) arousal."""
         return cls(cfg.router.top_k, cfg.rounds, cfg.router.temperature, cfg.blackboard.threshold)
 
+    def row(self) -> dict[str, float | int]:
+        """The metrics columns: every scalar knob, and ``focus_prior_max`` (max |prior|) when
+        a prior is set (a read of a finished tensor: the log interval has just synced)."""
+        cols: dict[str, float | int] = dict(
+            k=self.k,
+            rounds=self.rounds,
+            temperature=self.temperature,
+            threshold=self.threshold,
+            lr_scale=self.lr_scale,
+        )
+        if self.prior is not None:
+            cols["focus_prior_max"] = self.prior.abs().max().item()
+        return cols
 
-def _lerp(lo: float, hi: float, a: float) -> float:
-    return lo + min(max(a, 0.0), 1.0) * (hi - lo)
+
+class Ranges(NamedTuple):
+    """Every knob's (calm, aroused) ends, resolved against a society's settings."""
+
+    k: tuple[int, int]
+    rounds: tuple[int, int]
+    temperature: tuple[float, float]
+    threshold: tuple[float, float]
+    lr: tuple[float, float]
+
+
+def _sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def _lerp(lo: float, hi: float, e: float) -> float:
+    return lo + min(max(e, 0.0), 1.0) * (hi - lo)
 
 
 def _round_half_up(x: float) -> int:
@@ -64,8 +89,11 @@ class Arousal:
     ) -> None:
         self.cfg = cfg
         self.n_clusters = n_clusters
+        #: where arousal settles on a steady loss, sigmoid(bias), in the state's float32: the
+        #: initial arousal has excitation exactly 0
+        self.calm = torch.tensor(_sigmoid(cfg.bias), dtype=torch.float32).item()
         f32 = dict(device=device, dtype=torch.float32)
-        self.arousal = torch.tensor(1 / (1 + math.exp(-cfg.bias)), **f32)  # []
+        self.arousal = torch.tensor(self.calm, **f32)  # []
         self.focus = torch.tensor(0.5, **f32)  # []
         self.loss_mean = torch.zeros((), **f32)  # [] running mean of the loss
         self.loss_var = torch.zeros((), **f32)  # [] running variance of the loss
@@ -144,33 +172,75 @@ class Arousal:
 
     # ----------------------------------------------------------------------------- maps
 
+    def excitation(self, a: float) -> float:
+        """How far arousal ``a`` is from calm towards 1: clamp((a - calm) / (1 - calm), 0, 1)."""
+        span = 1.0 - self.calm
+        if span <= 0.0:  # bias so large that calm is 1.0 in floats: never excited
+            return 0.0
+        return min(max((a - self.calm) / span, 0.0), 1.0)
+
+    def ranges(self, society: SocietyConfig) -> Ranges:
+        """Every knob's (calm, aroused) ends: the configured range, or one derived from
+        ``society`` when it is None (see ArousalConfig)."""
+        c, r, b = self.cfg, society.router, society.blackboard
+        k_hi = r.k_max if r.k_max is not None else max(r.top_k, min(r.top_k + 1, society.clusters))
+        return Ranges(
+            k=c.k_range or (r.top_k, k_hi),
+            rounds=c.rounds_range or (society.rounds, society.rounds + 1),
+            temperature=c.temperature_range or (r.temperature, 2 * r.temperature),
+            threshold=c.threshold_range or (b.threshold, b.threshold / 2),
+            lr=c.lr_range or (1.0, 1.0),
+        )
+
+    def _ends(self, name: str, society: SocietyConfig | None) -> tuple[float, float]:
+        ends = getattr(self.cfg, f"{name}_range")
+        if ends is not None:
+            return ends
+        if society is None:
+            raise ValueError(f"arousal.{name}_range = None derives from the society: pass it")
+        return getattr(self.ranges(society), name)
+
     def knobs(self, a: float, society: SocietyConfig) -> Knobs:
-        """Router k, rounds, temperature and board threshold at arousal ``a`` (the society's
-        fixed settings when arousal is disabled)."""
+        """Everything arousal sets at arousal ``a`` (the society's fixed settings when arousal
+        is disabled); the focus prior is a snapshot of the device state (no host sync)."""
         if not self.cfg.enabled:
             return Knobs.fixed(society)
-        k = self.k(a, society.router.top_k)
-        if society.router.k_max is not None:  # the router's ceiling holds whatever k_range says
+        return Knobs(self.k(a, society), self.rounds(a, society), self.temperature(a, society),
+                     self.threshold(a, society), self.lr_scale(a), self.prior())  # fmt: skip
+
+    def k(self, a: float, society: SocietyConfig | None = None) -> int:
+        """Router k at arousal ``a``: k_range's ends at excitation 0..1, rounded half up, and
+        never above ``society.router.k_max`` (the router's ceiling) when it is set."""
+        k = _round_half_up(_lerp(*self._ends("k", society), self.excitation(a)))
+        if society is not None and society.router.k_max is not None:
             k = min(k, society.router.k_max)
-        return Knobs(k, self.rounds(a), self.temperature(a), self.threshold(a))
+        return k
 
-    def k(self, a: float, default_k: int) -> int:
-        """Router k at arousal ``a``: lo..hi of k_range, rounded half up; default_k if unset."""
-        if self.cfg.k_range is None:
-            return default_k
-        return _round_half_up(_lerp(*self.cfg.k_range, a))
+    def rounds(self, a: float, society: SocietyConfig | None = None) -> int:
+        """Feedback rounds at arousal ``a``: rounds_range at excitation 0..1, rounded half up."""
+        return _round_half_up(_lerp(*self._ends("rounds", society), self.excitation(a)))
 
-    def rounds(self, a: float) -> int:
-        """Feedback rounds at arousal ``a``: lo..hi of rounds_range, rounded half up."""
-        return _round_half_up(_lerp(*self.cfg.rounds_range, a))
+    def temperature(self, a: float, society: SocietyConfig | None = None) -> float:
+        """Router temperature at arousal ``a``: linear over temperature_range."""
+        return _lerp(*self._ends("temperature", society), self.excitation(a))
 
-    def temperature(self, a: float) -> float:
-        """Router temperature at arousal ``a``: linear between the ends of temperature_range."""
-        return _lerp(*self.cfg.temperature_range, a)
-
-    def threshold(self, a: float) -> float:
+    def threshold(self, a: float, society: SocietyConfig | None = None) -> float:
         """Blackboard write threshold at arousal ``a``: linear over threshold_range."""
-        return _lerp(*self.cfg.threshold_range, a)
+        return _lerp(*self._ends("threshold", society), self.excitation(a))
+
+    def lr_scale(self, a: float) -> float:
+        """Multiplier of the scheduled lr at arousal ``a``: linear over lr_range (1 if None)."""
+        if self.cfg.lr_range is None:
+            return 1.0
+        return _lerp(*self.cfg.lr_range, self.excitation(a))
+
+    def prior(self) -> Tensor | None:
+        """Router logit prior [C]: focus_gain * focus * C * (route_mean - 1/C), towards the
+        clusters the society has been using; None when focus_gain is 0."""
+        if self.cfg.focus_gain == 0:
+            return None
+        C = self.n_clusters
+        return (self.route_mean - 1 / C) * (self.focus * (self.cfg.focus_gain * C))  # [C]
 
     # ----------------------------------------------------------------------------- checkpoints
 

@@ -10,6 +10,9 @@ Losses that keep routing healthy:
     assignments to cluster i (not differentiable), P_i = mean gate probability (differentiable).
     It is 1.0 for perfectly uniform routing and grows as routing collapses onto few clusters.
   * z-loss (ST-MoE): ``mean_b logsumexp(logits_b)^2`` keeps the gate logits small.
+
+An optional prior [C] (arousal's focus prior) is added to the gate logits: it biases the choice
+towards clusters the society has been using; the balance loss opposes it.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ class Dispatch(NamedTuple):
 
 
 class Route(NamedTuple):
-    logits: Tensor  # [B, C] gate logits (no noise)
+    logits: Tensor  # [B, C] gate logits plus the prior, if any (no noise)
     probs: Tensor  # [B, C] softmax(logits / temperature), no noise: balance loss and logging
     chosen: Tensor  # [B, k] long: chosen clusters, best first
     gates: Tensor  # [B, k] mixture weights of the chosen clusters (sum to 1 per sequence)
@@ -124,19 +127,29 @@ class Router(nn.Module):
         x: Tensor,
         k: int,
         temperature: float | Tensor,
+        prior: Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> Route:
         """Route the batch ``x`` [B, T] long to ``k`` clusters per sequence.
 
+        ``prior`` [C] (arousal's focus prior, no gradient) is added to the gate logits before
+        the noise, the top-k and the softmax: it tilts every sequence towards the clusters the
+        society has been using. The balance loss sees the tilted probabilities, so it pushes
+        the gate against the prior; the z-loss sees only the gate's own logits.
         In training, Gaussian noise (std ``cfg.noise``, drawn from ``generator`` when given; it
         must live on x's device) is added to the logits before the top-k and the gates.
         ``temperature`` may be a 0-dim tensor (arousal-driven) to avoid a host sync.
         """
         if not 1 <= k <= self.n_clusters:
             raise ValueError(f"k must be in [1, {self.n_clusters}] (the clusters), got {k}")
+        if prior is not None and tuple(prior.shape) != (self.n_clusters,):
+            raise ValueError(
+                f"prior must have shape ({self.n_clusters},), got {tuple(prior.shape)}"
+            )
         B = x.shape[0]
         summary = self.embed(x[:, : self.cfg.context]).mean(1)  # [B, d_router]
-        logits = self.gate(summary)  # [B, C]
+        own = self.gate(summary)  # [B, C] the gate's own logits
+        logits = own if prior is None else own + prior.detach().to(own.dtype)  # [B, C]
         noisy = logits
         if self.training and self.cfg.noise > 0:
             eps = torch.randn(
@@ -154,7 +167,7 @@ class Router(nn.Module):
         disp = dispatch(chosen, self.n_clusters, cap)
         f = disp.load.to(probs.dtype) / (B * k)  # [C] share of assignments (no gradient)
         balance = self.n_clusters * (f * probs.mean(0)).sum()  # []
-        z = torch.logsumexp(logits, dim=-1).square().mean()  # []
+        z = torch.logsumexp(own, dim=-1).square().mean()  # []
         return Route(logits, probs, chosen, gates, disp, balance, z)
 
     def aux_loss(self, route: Route) -> Tensor:
