@@ -162,7 +162,7 @@ def _tiny(tmp_path, **arousal):
         "train.batch_size": 8, "train.eval_batches": 1, "modules.0.n_layer": 1,
         "modules.0.d_model": 16, "modules.0.n_head": 2, "corpus.block_size": 16,
         "device": "cpu", "emergence": None, "collapse": None, "reorganize": None,
-        **{f"society.arousal.{k}": v for k, v in arousal.items()}})  # fmt: skip
+        "distill.enabled": False, "society.arousal": {"enabled": True, **arousal}})  # fmt: skip
     return brainnet.Simulation(sc, out_dir=tmp_path)
 
 
