@@ -71,6 +71,6 @@ def test_a_plugin_topology_trains(tmp_path):
 
 def test_a_kind_refuses_wiring_the_step_cannot_do():
     with pytest.raises(ValueError, match="routed"):
-        Kind("x", chain=True, routed=True)
+        Kind("x", attend=True, routed=True)
     with pytest.raises(ValueError, match="merge"):
         Kind("x", merge="first")

@@ -20,6 +20,7 @@ from brainnet.society.cluster import (
     merge_uniform,
     take,
 )
+from brainnet.society.links import inputs_by_sequence
 
 T, B = 16, 8
 
@@ -88,26 +89,33 @@ KNOBS = Knobs(k=2, rounds=1, temperature=1.0, threshold=0.5)
 
 
 @pytest.mark.parametrize("topology", ["routing", "brain"])
-def test_modules_hear_outside_their_cluster_only_via_router_and_blackboard(topology):
+def test_modules_hear_outside_their_cluster_only_through_the_wiring(topology):
+    """routing: mates and the router only. brain: also the blackboard, serial links from
+    cluster c-1 and top-down links from c+1, and nothing else."""
     soc = society(topology)
     topo = soc.topology
-    # from the graph
-    for u, v, kind in topo.graph.edges(data="kind"):
+    allowed = {"mate": 0} if topology == "routing" else {"mate": 0, "bottom_up": -1, "top_down": 1}
+    for u, v, kind in topo.graph.edges(data="kind"):  # from the graph
         if isinstance(u, int) and isinstance(v, int):
-            assert kind == "mate" and topo.cluster_of(u) == topo.cluster_of(v), (u, v, kind)
+            assert kind in allowed, (u, v, kind)
+            assert topo.cluster_of(u) - topo.cluster_of(v) == allowed[kind], (u, v, kind)
         else:
             assert {u, v} & {"router", "blackboard"}, (u, v)
     assert ("blackboard" in topo.graph) == (topology == "brain")
     # from the messages actually delivered in a step
     out, trace = traced(soc, batch(), KNOBS)
     kinds = {k for k, _, _ in trace}
-    assert "mate" in kinds and "input" not in kinds
+    assert "mate" in kinds and ("input" in kinds) == (topology == "brain")
     for kind, src, dst in trace:
         if kind == "mate":
             assert topo.cluster_of(src) == topo.cluster_of(dst)
+        elif kind == "input":  # serial (c-1) or top-down (c+1)
+            assert abs(topo.cluster_of(src) - topo.cluster_of(dst)) == 1
         else:
             assert topology == "brain" and "blackboard" in (src, dst)
     assert (topology == "brain") == ("read" in kinds and "write" in kinds)
+    if topology == "brain":  # serial and top-down messages were delivered (by sequence)
+        assert out.stats["messages_bottom_up"] > 0 and out.stats["messages_top_down"] > 0
 
 
 def test_routing_clusters_are_isolated_in_behaviour():
@@ -173,18 +181,34 @@ def test_message_counts_match_the_graph():
     out = soc(batch(), Knobs(1, 1, 1.0, 0.5))
     # mates in round 1 (4 clusters x B x 12 edges); inputs: clusters 1..3 in rounds 0 and 1
     assert out.stats["messages_mate"].item() == 4 * B * 12
-    assert out.stats["messages_input"].item() == 3 * 2 * B * 4
+    assert out.stats["messages_bottom_up"].item() == 3 * 2 * B * 4
+    assert out.stats["messages_top_down"].item() == 0
+    soc = society("feedback")
+    out = soc(batch(), Knobs(1, 1, 1.0, 0.5))
+    # top-down: clusters 0..2 read c+1 in round 1 only (round 0: c+1 has not fired yet)
+    assert out.stats["messages_top_down"].item() == 3 * B * 4
+    soc = society("attention")
+    out = soc(batch(), Knobs(1, 1, 1.0, 0.5))
+    # round 1: each of 16 modules reads the 12 modules of the other clusters, per sequence
+    assert out.stats["messages_attend"].item() == 16 * 12 * B
+    assert out.stats["messages_mate"].item() == 4 * B * 12
 
 
 # --------------------------------------------------------------------------- the clock
 
 
 def test_clock_plans_waves_of_simultaneous_firings():
-    topo = build_topology("brain", 4, [16])
+    topo = build_topology("attention", 4, [16])
     plan = plan_step(topo.firings(2), compute_time=1.0, link_time=0.5)
     assert [len(f) for _, f in plan.waves] == [4, 4, 4]  # all clusters fire together each round
     assert [t for t, _ in plan.waves] == [0.0, 1.5, 3.0]
     assert plan.makespan == 4.0  # 3 computes + 2 hops
+    brain = build_topology("brain", 4, [16])
+    plan = plan_step(brain.firings(1), compute_time=1.0, link_time=0.5)
+    # serial links make each round a wavefront; the blackboard makes a round wait for the last
+    waves = [sorted((f.cluster, f.round) for f in fs) for _, fs in plan.waves]
+    assert waves == [[(c, r)] for r in range(2) for c in range(4)]
+    assert plan.makespan == 8 * 1.0 + 7 * 0.5
     pipe = build_topology("pipeline", 4, [16])
     plan = plan_step(pipe.firings(1), compute_time=1.0, link_time=0.5)
     # a wavefront: (c, r) fires at wave c + r
@@ -349,3 +373,58 @@ def test_take_equals_advanced_indexing():
     (g_take,) = torch.autograd.grad((take(x, index) * proj).sum(), x)
     (g_ref,) = torch.autograd.grad((x[index] * proj).sum(), x)
     torch.testing.assert_close(g_take, g_ref)
+
+
+# --------------------------------------------------------------------------- the full brain mix
+
+
+def test_routed_serial_and_top_down_inputs_match_by_sequence_like_a_loop():
+    """brain: cluster c reads the mean message of c-1 (and c+1) for the SAME sequence, found
+    wherever the router put it in the source's buffer; equals a per-(cluster, row) loop."""
+    soc = society("brain", router={"capacity_factor": 1.0})
+    C, n, Dm = 4, 4, soc.message_dim
+    out = soc(batch(), KNOBS)
+    seq_index = out.seq_index  # [C, cap]
+    cap = seq_index.shape[1]
+    torch.manual_seed(1)
+    msgs = torch.randn(C, n, cap, T, Dm)
+    plan, waves = soc.plan(1, cap)
+    for wave in waves:
+        sidx = seq_index[wave.clusters]
+        agg, here = inputs_by_sequence(msgs.mean(1), seq_index, B, wave.inputs, wave.input_ok,
+                                       sidx)  # fmt: skip
+        has = here.any(1)
+        for i in range(len(wave.clusters)):
+            for r in range(cap):
+                s = int(sidx[i, r])
+                found = []
+                for src, ok in zip(wave.inputs[i].tolist(), wave.input_ok[i].tolist(), strict=True):
+                    rows = (seq_index[src] == s).nonzero().flatten().tolist()
+                    if ok and s < B and rows:
+                        found.append(msgs[src, :, rows[0]].mean(0))  # [T, Dm]
+                assert bool(has[i, r]) == bool(found)
+                if found:
+                    torch.testing.assert_close(agg[i, r], torch.stack(found).mean(0))
+
+
+def test_attention_reads_every_module_of_the_other_clusters_like_a_loop():
+    soc = society("attention")
+    assert soc.n_memory == 1 + 3 * 4  # mates' mean + 12 modules of the other clusters
+    C, n, Dm = 4, 4, soc.message_dim
+    torch.manual_seed(2)
+    msgs = torch.randn(C, n, B, T, Dm)
+    _, waves = soc.plan(1, B)
+    wave = waves[1]  # round 1: everybody has spoken
+    seq_index = torch.arange(B).expand(C, B)
+    count = {k: torch.zeros(()) for k in ("mate", "bottom_up", "top_down", "attend", "board_read")}
+    memory, mask = soc._memory(wave, seq_index, seq_index, B, msgs, None, count,
+                               torch.full((C,), float(B)))  # fmt: skip
+    assert memory.shape == (C, n, B, T, 13, Dm) and mask[..., 1:].all()
+    for c in range(C):
+        others = [msgs[c2, j] for c2 in range(C) if c2 != c for j in range(n)]  # [B, T, Dm]
+        for i in range(n):
+            torch.testing.assert_close(memory[c, i, :, :, 1:], torch.stack(others, 2))
+    assert count["attend"] == C * n * (C - 1) * n * B
+    m0, k0 = soc._memory(waves[0], seq_index, seq_index, B, None, None, count,
+                         torch.full((C,), float(B)))  # fmt: skip
+    assert not k0[..., 1:].any()  # round 0: nothing to read yet

@@ -311,3 +311,14 @@ def test_domain_shift_draws_new_domains_only_after_the_shift_step() -> None:
 def test_domain_shift_config_errors(shift, message) -> None:
     with pytest.raises(ScenarioError, match=re.escape(message)):
         load_scenario({"modules": [{"type": "transformer"}], "corpus": shift})
+
+
+def test_answer_mask_marks_the_answer_bytes_only():
+    from brainnet.data.tasks import answer_mask
+
+    rows = [list(b"a:67+45=12;a:01+02=03;"), list(b"g:the cat sees.;g:a dog.;xx")[:22]]
+    seqs = torch.tensor(rows, dtype=torch.uint8)
+    mask = answer_mask(seqs)
+    first = bytes(seqs[0][mask[0]].tolist())
+    assert first == b"1203"  # the two answers, without '=' and ';'
+    assert not mask[1].any()  # grammar has no answers

@@ -44,10 +44,12 @@ from brainnet.config.society import (
     RouterConfig,
     SocietyConfig,
 )
+from brainnet.config.views import ViewsConfig
 from brainnet.config_errors import ScenarioError
 
 __all__ = [
     "Action",
+    "ViewsConfig",
     "ArousalConfig",
     "BlackboardConfig",
     "ClockConfig",

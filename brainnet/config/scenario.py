@@ -29,6 +29,7 @@ from brainnet.config.learning import (
 from brainnet.config.society import (
     SocietyConfig,
 )
+from brainnet.config.views import ViewsConfig
 from brainnet.config_errors import (
     SET,
     Origin,
@@ -42,7 +43,7 @@ from brainnet.config_errors import (
     problem,
     skipped_problems,
 )
-from brainnet.registry import TOPOLOGIES
+from brainnet.registry import CORPORA, TOPOLOGIES
 
 # --------------------------------------------------------------------------- fixed sections
 
@@ -135,6 +136,35 @@ class Scenario(Strict):
     reliability: ReliabilityConfig = Field(
         default_factory=ReliabilityConfig, description="non-finite losses and gradients"
     )
+    views: ViewsConfig | None = Field(
+        None, description="the input fields each cluster or module receives; None = all"
+    )
+
+    @check("views", "corpus", "reorganize", "distill")
+    def _views_fit_corpus(self) -> Problems:
+        if self.views is None:
+            return
+        kind = self.corpus.kind
+        n_fields = getattr(CORPORA.get(kind), "n_fields", 1) if kind in CORPORA else 1
+        if n_fields <= 1:
+            with_fields = [n for n in CORPORA.names() if getattr(CORPORA.get(n), "n_fields", 1) > 1]
+            yield problem("views", self.views.model_dump(mode="json"),
+                          f"corpus {kind!r} has no fields; allowed: a corpus with fields "
+                          f"({', '.join(with_fields)})")  # fmt: skip
+            return
+        for i, view in enumerate(self.views.fields):
+            for j, f in enumerate(view):
+                if f >= n_fields:
+                    yield problem(("views", "fields", i, j), f,
+                                  f"corpus {kind!r} has fields 1..{n_fields - 1}")  # fmt: skip
+        if self.reorganize is not None:
+            yield problem("reorganize", self.reorganize.model_dump(mode="json"),
+                          "cannot go with `views:` (a view belongs to a fixed module layout); "
+                          "allowed: reorganize: null")  # fmt: skip
+        if self.distill.warmup_correction.enabled:
+            yield problem(("distill", "warmup_correction", "enabled"), True,
+                          "cannot go with `views:` (its samples read the whole input); "
+                          "allowed: false")  # fmt: skip
 
     @check("reorganize", "emergence")
     def _reorganize_needs_emergence(self) -> Problems:

@@ -18,10 +18,16 @@ class Batch:
     x: torch.Tensor  # [B, T] long, input tokens
     y: torch.Tensor  # [B, T] long, targets: x shifted left by one
     domain: torch.Tensor  # [B] long, domain id of each sequence (0 for plain text)
+    #: [B, T] long, the field of each INPUT token (0 = shared, seen by every view); None = the
+    #: corpus has no fields (views cannot apply)
+    field: torch.Tensor | None = None
+    #: [B, T] bool, the TARGET y[:, t] is an answer token (None = the corpus has no answers)
+    answer: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> Batch:
         nb = torch.device(device).type == "cuda"
-        return Batch(*(t.to(device, non_blocking=nb) for t in (self.x, self.y, self.domain)))
+        move = lambda t: None if t is None else t.to(device, non_blocking=nb)  # noqa: E731
+        return Batch(*(move(t) for t in (self.x, self.y, self.domain, self.field, self.answer)))
 
 
 class Corpus(ABC):
@@ -35,6 +41,10 @@ class Corpus(ABC):
     vocab_size: int
     block_size: int
     domains: list[str]
+    #: fields an input token can belong to (field 0 = shared); 1 = no fields, views cannot apply
+    n_fields: int = 1
+    #: the token a view sees in place of a field it does not receive
+    blank_token: int = 0
 
     @abstractmethod
     def batch(self, split: Split, batch_size: int, generator: torch.Generator) -> Batch:

@@ -180,6 +180,16 @@ TAGS: dict[str, str] = {
 ALL_DOMAINS: list[str] = list(GENERATORS)
 
 
+def answer_mask(seqs: torch.Tensor) -> torch.Tensor:
+    """``uint8 [N, L]`` sequences -> ``bool [N, L]``: the byte is part of an answer (after an
+    instance's ``=``, before its ``;``). Sequences start at an instance start, so ``=`` and
+    ``;`` alternate; a domain without ``=`` (grammar) has no answer bytes."""
+    eq = seqs == ord("=")
+    end = seqs == ord(END)
+    depth = eq.long().cumsum(1) - end.long().cumsum(1)  # 1 from '=' up to (not incl.) ';'
+    return (depth > 0) & ~eq
+
+
 def split_of(instance: str | bytes) -> Split:
     """The split an instance belongs to: a stable hash of its exact text (not ``hash()``)."""
     data = instance.encode("ascii") if isinstance(instance, str) else instance
@@ -305,6 +315,8 @@ class TaskCorpus(Corpus):
             else (self.seq_domains["train"] < cfg.shift_domains).nonzero().flatten()
         )
         self._shifted = cfg.shift_step is None
+        #: split -> ``bool [N, block_size + 1]``: the byte is an answer byte
+        self.answers = {s: answer_mask(p) for s, p in self.seqs.items()}
 
     def at_step(self, step: int) -> None:
         """Before ``shift_step`` training batches come from the early domains only."""
@@ -322,7 +334,8 @@ class TaskCorpus(Corpus):
         else:
             ix = torch.randint(len(seqs), (batch_size,), generator=generator)
         seq = seqs[ix].long()
-        return Batch(x=seq[:, :-1], y=seq[:, 1:], domain=doms[ix])
+        ans = self.answers[split][ix, 1:]  # [B, T] the target is an answer byte
+        return Batch(x=seq[:, :-1], y=seq[:, 1:], domain=doms[ix], answer=ans)
 
     def decode(self, ids: list[int] | torch.Tensor) -> str:
         """Bytes -> text; bytes outside ASCII become U+FFFD."""

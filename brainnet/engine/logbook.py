@@ -96,6 +96,8 @@ class Logbook:
             "train_loss": train.pop("train_loss", None),
             "val_loss": None if val is None else val["val_loss"],
             "grad_norm": None if norm is None else float(norm.mean()),
+            **{k: v for k, v in (val or {}).items() if k.startswith("val_answer")},
+            **{k: v for k, v in (val or {}).items() if k.startswith("val_domain_answer")},
         }
         if train:
             row.update(society.interval_row(train, knobs, self.sc.train.batch_size))

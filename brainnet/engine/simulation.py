@@ -39,7 +39,7 @@ from brainnet.learning.consolidation import Consolidation
 from brainnet.learning.objective import objective
 from brainnet.learning.probes import Probes
 from brainnet.metrics import RunWriter
-from brainnet.society import Arousal, Knobs, Society, StepOut
+from brainnet.society import Arousal, Knobs, Society, StepOut, accounting
 
 #: ``timer(phase)`` -> a context manager around a phase of ``train_step`` ("teacher_update")
 Timer = Callable[[str], contextlib.AbstractContextManager]
@@ -70,7 +70,8 @@ class Simulation:
         self.autocast_dtype = autocast_dtype(sc.precision, self.device)
         self.corpus = build_corpus(sc.corpus, sc.seed)
         V, T = self.corpus.vocab_size, self.corpus.block_size
-        self.society = Society(sc, V, T, len(self.corpus.domains)).to(self.device)
+        c = self.corpus
+        self.society = Society(sc, V, T, len(c.domains), c.n_fields, c.blank_token).to(self.device)
         self.banks = self.society.banks
         self.arousal: Arousal | None = None
         self.knobs = Knobs.fixed(self.society.cfg)
@@ -198,13 +199,17 @@ class Simulation:
         with self._autocast():
             for b in self.val_batches:
                 out = self.forward(b)
-                acc.add({"task": out.task_loss, "module": out.module_loss})
+                answers = {k: v for k, v in out.stats.items() if k.startswith("answer_")}
+                acc.add({"task": out.task_loss, "module": out.module_loss, **answers})
         mean = acc.mean()
+        self._val_answers = accounting.answers(mean)  # answer-token columns (host values)
         return torch.tensor(mean["task"]), mean["module"]
 
     def _eval_host(self) -> dict[str, Any]:
         task, module = self.evaluate()
-        return {"val_loss": task.float().item(), "module_val_loss": module.float().cpu()}
+        answers = {f"val_{k}": v for k, v in self._val_answers.items()}
+        return {"val_loss": task.float().item(), "module_val_loss": module.float().cpu(),
+                **answers}  # fmt: skip
 
     def standalone_logits(self, batch: Batch) -> list[Tensor]:
         """Every module alone (no memory) on ``batch``: one [M, B, T, V] tensor per bank."""

@@ -61,7 +61,8 @@ class Consolidation:
         for b, bank in enumerate(self.society.banks):
             alone = self.society.alone(out, batch, b)
             if alone is None or (cfg.warmup_correction.enabled and alone.rows is not None):
-                alone = _own_pass(bank, batch)  # [M, B, T, V]: every module on the whole batch
+                # [M, B, T, V]: every module on the whole batch (its view of it)
+                alone = _own_pass(bank, batch, self.society.module_inputs(b, batch))
             logits, tokens, targets, rows = alone.logits, alone.tokens, alone.targets, alone.rows
             if cfg.warmup_correction.enabled:  # the KL term on teacher-corrected samples
                 kd = self._corrected_kd(b, bank, batch, sharpen, step)  # [M] (its own pass)
@@ -127,8 +128,8 @@ class Consolidation:
         return kd_loss(s_logits, t_logits, self.cfg.temperature, per_module=True)
 
 
-def _own_pass(bank: Bank, batch: Batch) -> Alone:
-    tokens = batch.x.unsqueeze(0).expand(bank.n_modules, -1, -1)  # [M, B, T]
+def _own_pass(bank: Bank, batch: Batch, tokens: Tensor) -> Alone:
+    """tokens [M, B, T]: what each module reads of the batch."""
     return Alone(bank(tokens).logits, tokens, batch.y, None)
 
 

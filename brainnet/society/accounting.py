@@ -13,8 +13,10 @@ from torch import Tensor
 
 from brainnet.society.clock import Plan
 
-#: message kinds counted by the society's step (``messages_<kind>`` stats)
-KINDS = ("mate", "input", "board_read", "board_write")
+#: message kinds counted by the society's step (``messages_<kind>`` stats): mates inside a
+#: cluster, serial (bottom-up) and top-down links between clusters, attention reads of other
+#: clusters' modules, blackboard reads and writes
+KINDS = ("mate", "bottom_up", "top_down", "attend", "board_read", "board_write")
 
 
 def module_tokens(plan: Plan, cluster_sizes: list[int], cap: int, block_size: int) -> float:
@@ -30,7 +32,7 @@ def communication(
     board read carries all S slots."""
     msgs = {k: float(stats.pop(f"messages_{k}")) for k in KINDS}
     stream = block_size * message_dim * 4  # bytes of one message stream (fp32)
-    bytes_ = (msgs["mate"] + msgs["input"] + msgs["board_write"]) * stream
+    bytes_ = (sum(msgs.values()) - msgs["board_read"]) * stream
     bytes_ += msgs["board_read"] * stream * slots
     return {
         "messages": sum(msgs.values()),
@@ -45,3 +47,22 @@ def by_domain(stats: dict[str, Any]) -> list[float]:
     dl: Tensor = stats.pop("domain_loss_sum")
     dc: Tensor = stats.pop("domain_count")
     return (dl / dc.clamp(min=1e-9)).tolist()
+
+
+def answers(stats: dict[str, Any]) -> dict[str, Any]:
+    """Answer-token loss and accuracy, overall and per domain, from the summed
+    ``answer_*`` stats (pops them); {} when the corpus has no answers. A domain without
+    answer tokens gets None."""
+    if "answer_count" not in stats:
+        return {}
+    loss: Tensor = stats.pop("answer_loss_sum")
+    hits: Tensor = stats.pop("answer_correct")
+    count: Tensor = stats.pop("answer_count")
+    total = float(count.sum())
+    per = lambda v: [float(x / c) if c > 0 else None for x, c in zip(v, count, strict=True)]  # noqa: E731
+    return {
+        "answer_loss": float(loss.sum()) / total if total else None,
+        "answer_acc": float(hits.sum()) / total if total else None,
+        "domain_answer_loss": per(loss),
+        "domain_answer_acc": per(hits),
+    }

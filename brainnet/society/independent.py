@@ -13,18 +13,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch import Tensor
 
 from brainnet.data import Batch
 from brainnet.modules.bank import Bank, module_cross_entropy
 from brainnet.society.output import StepOut
 
 
-def independent_step(banks: Sequence[Bank], batch: Batch) -> StepOut:
-    """One call per bank (module TYPE): all its modules on the whole batch at once."""
+def independent_step(
+    banks: Sequence[Bank], batch: Batch, tokens: Sequence[Tensor] | None = None
+) -> StepOut:
+    """One call per bank (module TYPE): all its modules on the whole batch at once.
+    ``tokens``: what each bank's modules read, [M, B, T] per bank (sensory views); None =
+    the batch itself."""
     ce, logits = [], []
-    for bank in banks:
-        tokens = batch.x.unsqueeze(0).expand(bank.n_modules, -1, -1)  # [M, B, T]
-        z = bank(tokens).logits  # [M, B, T, V]
+    for b, bank in enumerate(banks):
+        if tokens is None:
+            x = batch.x.unsqueeze(0).expand(bank.n_modules, -1, -1)  # [M, B, T]
+        else:
+            x = tokens[b]
+        z = bank(x).logits  # [M, B, T, V]
         logits.append(z)
         ce.append(module_cross_entropy(z, batch.y))  # [M]
     module_ce = torch.cat(ce)  # [N]

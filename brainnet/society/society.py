@@ -33,6 +33,7 @@ from brainnet.modules import build_bank
 from brainnet.modules.resize import RowPlan
 from brainnet.society import accounting
 from brainnet.society import blackboard as board_ops
+from brainnet.society.answers import answer_stats
 from brainnet.society.arousal import Knobs
 from brainnet.society.clock import Plan, plan_step
 from brainnet.society.cluster import (
@@ -43,9 +44,11 @@ from brainnet.society.cluster import (
     take,
 )
 from brainnet.society.independent import independent_step
+from brainnet.society.links import attention_reads, inputs_by_sequence
 from brainnet.society.output import Alone, StepOut
 from brainnet.society.router import Router, capacity, routing_entropy
 from brainnet.society.topology import Topology, build_topology
+from brainnet.society.views import Views
 from brainnet.society.waves import Wave, wave_tensors
 
 #: ``hook(wave, writes)`` after each wave: writes [N] = board writes of each module in it
@@ -55,7 +58,15 @@ WaveHook = Callable[[Wave, Tensor], None]
 class Society(nn.Module):
     """All modules of a scenario, wired as ``scenario.society`` says."""
 
-    def __init__(self, sc: Scenario, vocab_size: int, block_size: int, n_domains: int) -> None:
+    def __init__(
+        self,
+        sc: Scenario,
+        vocab_size: int,
+        block_size: int,
+        n_domains: int,
+        n_fields: int = 1,
+        blank: int = 0,
+    ) -> None:
         super().__init__()
         # society: null means independent modules, the degenerate society
         cfg = sc.society or SocietyConfig.model_construct(topology="independent", clusters=1)
@@ -64,6 +75,7 @@ class Society(nn.Module):
         self.block_size = block_size
         self.n_domains = n_domains  # D: per-domain losses and the domain x cluster table
         self.wave_hooks: list[WaveHook] = []  # observers of each wave (delivery tests, traces)
+        self.views_cfg, self.n_fields, self.blank = sc.views, n_fields, blank
         counts = [g.count for g in sc.modules]
         topo = build_topology(cfg.topology, cfg.clusters, counts, cfg.intra, sc.seed)
         self.banks = nn.ModuleList(build_bank(g, vocab_size, block_size) for g in sc.modules)
@@ -91,7 +103,18 @@ class Society(nn.Module):
         self.uniform = topo.uniform
         self.has_mates = bool(topo.adjacency.sum() > 0)
         self.has_inputs = any(topo.inputs)
-        self.n_memory = self.slots + int(self.has_mates) + int(self.has_inputs)  # P
+        C = topo.n_clusters
+        self.attends = topo.spec.attend and C > 1  # reads every other cluster's modules
+        others = [[c2 for c2 in range(C) if c2 != c] for c in range(C)]
+        self.register_buffer("others", torch.tensor(others, dtype=torch.long, device=dev),
+                             persistent=False)  # [C, C-1]  # fmt: skip
+        n_attend = (C - 1) * topo.cluster_size if self.attends else 0
+        self.n_memory = self.slots + int(self.has_mates) + int(self.has_inputs) + n_attend  # P
+        self.views: Views | None = None
+        if self.views_cfg is not None:
+            if not topo.uniform:
+                raise ValueError("views need equal clusters (no reorganisation)")
+            self.views = Views(self.views_cfg, topo, self.n_fields, self.blank, dev)
         self.communicates = self.n_memory > 0
         self._plans: dict[tuple[int, int], tuple[Plan, list[Wave]]] = {}
 
@@ -138,11 +161,14 @@ class Society(nn.Module):
         """Metrics columns from one log interval's mean stats, charged at the ``knobs`` the
         interval ran with: communication, routing, blackboard and per-domain losses
         (independent modules: the mean over modules of what is left, e.g. distill_loss)."""
+        stats = dict(stats)
+        answers = accounting.answers(stats)  # {} without answer tokens
         if not self.topology.merged:
-            return {k: float(v.mean()) for k, v in stats.items()}
+            return {**{k: float(v.mean()) for k, v in stats.items()}, **answers}
         plan, _ = self.plan(knobs.rounds, self.capacity(knobs, batch_size))
         out = accounting.communication(stats, plan, self.block_size, self.message_dim, self.slots)
         out["domain_loss"] = accounting.by_domain(stats)
+        out.update(answers)
         for k, v in stats.items():
             out[k] = v.tolist() if isinstance(v, Tensor) else v
         return out
@@ -179,8 +205,7 @@ class Society(nn.Module):
         if first is None:
             return None
         if isinstance(first, list):  # independent modules: each on the whole batch
-            M = self.banks[b].n_modules
-            return Alone(first[b], batch.x.unsqueeze(0).expand(M, -1, -1), batch.y, None)
+            return Alone(first[b], self.module_inputs(b, batch), batch.y, None)
         assert out.seq_index is not None
         C, n = first.shape[:2]
         B, T = batch.x.shape
@@ -192,14 +217,38 @@ class Society(nn.Module):
         seq = out.seq_index.repeat_interleave(n, 0).index_select(0, slots)  # [M, cap]
         pad = lambda t: torch.cat([t, t.new_zeros(1, T)])  # noqa: E731  (row B = padding)
         student = first.flatten(0, 1).index_select(0, slots)  # [M, cap, T, V]
-        return Alone(student, pad(batch.x)[seq], pad(batch.y)[seq], seq < B)
+        if self.views is None:
+            tokens = pad(batch.x)[seq]  # [M, cap, T]
+        else:
+            xv = self.views.tokens(batch.x, batch.field)  # [V, B+1, T]
+            rows = torch.arange(off, off + self.banks[b].n_modules, device=ids.device)
+            tokens = xv[self.views.rows(rows)[:, None], seq]  # [M, cap, T]
+        return Alone(student, tokens, pad(batch.y)[seq], seq < B)
+
+    def module_inputs(self, b: int, batch: Batch) -> Tensor:
+        """What bank ``b``'s modules read of the whole batch: [M, B, T] (a stride-0 expand of
+        the batch without views; each module's view of it with them)."""
+        M = self.banks[b].n_modules
+        if self.views is None:
+            return batch.x.unsqueeze(0).expand(M, -1, -1)
+        off = self.topology.bank_offset(b)
+        rows = torch.arange(off, off + M, device=batch.x.device)
+        return self.views.tokens(batch.x, batch.field)[self.views.rows(rows), :-1]
 
     # ------------------------------------------------------------------ one step
 
     def forward(self, batch: Batch, knobs: Knobs) -> StepOut:
         """One step of the society on ``batch`` at ``knobs`` (no host sync)."""
         if not self.topology.merged:
-            return independent_step(self.banks, batch)
+            tokens = (
+                None
+                if self.views is None
+                else [self.module_inputs(b, batch) for b in range(len(self.banks))]
+            )
+            out = independent_step(self.banks, batch, tokens)
+            if batch.answer is not None:
+                out.stats.update(self._answers(out.first_logits, batch))
+            return out
         x, y = batch.x, batch.y
         B, T = x.shape
         topo = self.topology
@@ -212,8 +261,13 @@ class Society(nn.Module):
         )
         dev = x.device
         route = None
+        xv = None if self.views is None else self.views.tokens(x, batch.field)  # [V, B+1, T]
         if self.router is not None:
-            route = self.router(x, min(knobs.k, C), knobs.temperature)
+            seen = x if self.views is None else self.views.shared(x, batch.field)  # field 0
+            prior = knobs.prior  # [C] focus prior; one from before a relayout (another C)
+            if prior is not None and prior.numel() != C:  # is dropped until the next retune
+                prior = None
+            route = self.router(seen, min(knobs.k, C), knobs.temperature, prior)
             seq_index = route.dispatch.seq_index  # [C, cap]
         else:
             seq_index = torch.arange(B, device=dev).expand(C, B)  # every cluster sees all
@@ -227,7 +281,7 @@ class Society(nn.Module):
         sal: Tensor | None = None  # [C, n, cap, T]
         logits: Tensor | None = None  # [C, n, cap, T, V] latest prediction of every module
         board = board_ops.empty(B, T, S, Dm, device=dev) if S else None
-        count = {k: x.new_zeros((), dtype=torch.float) for k in ("mate", "input", "read", "write")}
+        count = {k: x.new_zeros((), dtype=torch.float) for k in accounting.KINDS}
         writes = x.new_zeros(self.n_modules, dtype=torch.float)  # board writes per module
 
         first = None
@@ -237,9 +291,9 @@ class Society(nn.Module):
             toks = tokens_pad[sidx]  # [w, cap, T]
             memory = mask = None
             if wave.any_memory:
-                memory, mask = self._memory(wave, sidx, T, msgs, board, count, active)
+                memory, mask = self._memory(wave, sidx, seq_index, B, msgs, board, count, active)
             if self.uniform:
-                new_logits, new_msg, new_sal = self._run_banks(wave, toks, memory, mask)
+                new_logits, new_msg, new_sal = self._run_banks(wave, toks, memory, mask, xv, sidx)
             else:
                 new_logits, new_msg, new_sal = self._run_banks_padded(wave, toks, memory, mask)
             if i == 0 and wave.all_alone(C):
@@ -283,10 +337,7 @@ class Society(nn.Module):
             module_ce.detach().masked_fill(idle, float("nan")).flatten(),
         )[: self.n_modules]  # the last entry is the empty slots' dump
         stats: dict[str, Tensor] = {
-            "messages_mate": count["mate"],
-            "messages_input": count["input"],
-            "messages_board_read": count["read"],
-            "messages_board_write": count["write"],
+            **{f"messages_{kind}": v for kind, v in count.items()},
             "board_writes": writes,
             "cluster_active": active,
         }
@@ -307,6 +358,8 @@ class Society(nn.Module):
         cl_nll = -(lp.gather(-1, y_pad.unsqueeze(-1)).squeeze(-1)).mean(-1)  # [C, cap]
         stats["cluster_loss"] = (cl_nll * valid).sum(1) / active.clamp(min=1)  # [C]
         stats.update(self._by_domain(batch.domain, nll.mean(1).detach(), route))
+        if batch.answer is not None:
+            stats.update(self._answers(logp, batch, nll))
         return StepOut(
             task_loss=task_loss,
             module_terms=mean_ce,
@@ -319,6 +372,21 @@ class Society(nn.Module):
             seq_index=seq_index,
             first_logits=first,
         )
+
+    def _answers(
+        self, logits: Tensor | list[Tensor], batch: Batch, nll: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """Answer-token sums per domain of the society's prediction (logits = its log-probs
+        [B, T, V], nll [B, T]) or of independent modules (one [M, B, T, V] per bank; the
+        modules' mean)."""
+        if isinstance(logits, list):
+            logits = torch.cat(logits).detach().float()  # [N, B, T, V]
+            y = batch.y.expand(logits.shape[0], -1, -1)
+            nll = F.cross_entropy(logits.flatten(0, 2), y.flatten(), reduction="none")
+            nll = nll.view(y.shape)
+        assert nll is not None
+        right = logits.detach().argmax(-1) == batch.y  # [..., B, T]
+        return answer_stats(nll.detach(), right, batch.answer, batch.domain, self.n_domains)
 
     def _by_domain(self, dom: Tensor, seq_nll: Tensor, route: Any) -> dict[str, Tensor]:
         """Per-domain loss sums and counts (dom [B] long, seq_nll [B]) and, when routed, the
@@ -338,17 +406,31 @@ class Society(nn.Module):
         return out
 
     def _run_banks(
-        self, wave: Wave, toks: Tensor, memory: Tensor | None, mask: Tensor | None
+        self,
+        wave: Wave,
+        toks: Tensor,
+        memory: Tensor | None,
+        mask: Tensor | None,
+        xv: Tensor | None = None,
+        sidx: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Equal clusters: ONE call per bank on views of the wave's slots.
 
-        toks [w, cap, T], memory [w, n, cap, T, P, Dm] | None
+        toks [w, cap, T], memory [w, n, cap, T, P, Dm] | None; with sensory views, xv
+        [V, B+1, T] every view's copy of the batch and sidx [w, cap] the wave's rows
         -> logits [w, n, cap, T, V], message [w, n, cap, T, Dm], salience [w, n, cap, T]."""
         w, cap, T = toks.shape
         outs = []
         off = 0
-        for bank, n_b, idx in zip(self.banks, self.topology.sizes[0], wave.bank_idx, strict=True):
-            t_b = toks[:, None].expand(w, n_b, cap, T).reshape(w * n_b, cap, T)
+        for b, (bank, n_b, idx) in enumerate(
+            zip(self.banks, self.topology.sizes[0], wave.bank_idx, strict=True)
+        ):
+            if xv is None:
+                t_b = toks[:, None].expand(w, n_b, cap, T).reshape(w * n_b, cap, T)
+            else:  # each module its own view: [w, n_b, cap, T]
+                assert self.views is not None and sidx is not None
+                view = self.views.slot_view[b][wave.clusters]  # [w, n_b]
+                t_b = xv[view[:, :, None], sidx[:, None, :]].reshape(w * n_b, cap, T)
             m_b = k_b = None
             if memory is not None:
                 m_b = memory[:, off : off + n_b].reshape(w * n_b, cap, T, -1, self.message_dim)
@@ -400,16 +482,21 @@ class Society(nn.Module):
         self,
         wave: Wave,
         sidx: Tensor,
-        T: int,
+        seq_index: Tensor,
+        B: int,
         msgs: Tensor | None,
         board: board_ops.BoardWrite | None,
         count: dict[str, Tensor],
         active: Tensor,
     ) -> tuple[Tensor, Tensor]:
-        """Per-position memory of the wave's modules: [w, n, cap, T, P, Dm] and mask [.., P]."""
+        """Per-position memory of the wave's modules: [w, n, cap, T, P, Dm] and mask [.., P].
+
+        P = board slots (S) | mean of mates' messages (1) | mean of the inter-cluster inputs
+        (1) | every module of the other clusters (attention, (C-1)·n), as the topology has."""
         W = wave.clusters
         w, cap = sidx.shape
-        n = self.topology.cluster_size
+        T = self.block_size
+        n, Dm = self.topology.cluster_size, self.message_dim
         a = active[W]  # [w]
         parts, masks = [], []
         if self.slots:
@@ -420,9 +507,9 @@ class Society(nn.Module):
             parts.append(slots[:, None].expand(w, n, *slots.shape[1:]))
             masks.append(occ[:, None].expand(w, n, *occ.shape[1:]))
             if wave.board:
-                count["read"] = count["read"] + (a * self.sizes[W]).sum()
+                count["board_read"] = count["board_read"] + (a * self.sizes[W]).sum()
         if msgs is None:  # nobody has spoken yet: only the (empty) board exists
-            msgs_w = torch.zeros(w, n, cap, T, self.message_dim, device=sidx.device)
+            msgs_w = torch.zeros(w, n, cap, T, Dm, device=sidx.device)
         else:
             msgs_w = take(msgs, W)  # [w, n, cap, T, Dm]
         if self.has_mates:
@@ -431,18 +518,28 @@ class Society(nn.Module):
             masks.append(has[:, :, None, None, None].expand(w, n, cap, T, 1))
             count["mate"] = count["mate"] + (self.mate_edges[W] * a * wave.mates).sum()
         if self.has_inputs:
-            ok = wave.input_ok  # [w, I]
-            src = None if msgs is None else take(self._cluster_mean(msgs), wave.inputs)
-            k = ok.sum(1)  # [w]
-            if src is None:
-                agg = msgs_w[:, 0]
+            if msgs is None:  # no source has spoken
+                agg, has = msgs_w[:, 0], torch.zeros(w, cap, dtype=torch.bool, device=sidx.device)
             else:
-                agg = (src * ok[:, :, None, None, None]).sum(1) / k.clamp(min=1)[
-                    :, None, None, None
-                ]
-            parts.append(agg[:, None, :, :, None].expand(w, n, cap, T, 1, self.message_dim))
-            masks.append((k > 0)[:, None, None, None, None].expand(w, n, cap, T, 1))
-            count["input"] = count["input"] + (k * self.sizes[W] * a).sum()
+                agg, here = inputs_by_sequence(self._cluster_mean(msgs), seq_index, B,
+                                               wave.inputs, wave.input_ok, sidx)  # fmt: skip
+                has = here.any(1)  # [w, cap]
+                n_w = self.sizes[W][:, None, None]  # [w, 1, 1]
+                up = (wave.inputs < W[:, None])[:, :, None]  # [w, I, 1] a serial link
+                count["bottom_up"] = count["bottom_up"] + ((here & up) * n_w).sum()
+                count["top_down"] = count["top_down"] + ((here & ~up) * n_w).sum()
+            parts.append(agg[:, None, :, :, None].expand(w, n, cap, T, 1, Dm))
+            masks.append(has[:, None, :, None, None].expand(w, n, cap, T, 1))
+        if self.attends:
+            A = (self.topology.n_clusters - 1) * n
+            if wave.attend and msgs is not None:
+                src, ok = attention_reads(msgs, self.others[W], self.member)  # [w,cap,T,A,Dm]
+                count["attend"] = count["attend"] + (ok.sum(1) * self.sizes[W] * a).sum()
+            else:
+                src = msgs_w.new_zeros(w, cap, T, A, Dm)
+                ok = torch.zeros(w, A, dtype=torch.bool, device=sidx.device)
+            parts.append(src[:, None].expand(w, n, cap, T, A, Dm))
+            masks.append(ok[:, None, None, None, :].expand(w, n, cap, T, A))
         return torch.cat(parts, dim=4), torch.cat(masks, dim=4)
 
     def _write_board(
@@ -489,7 +586,7 @@ class Society(nn.Module):
         hit = torch.zeros(B, self.n_modules, device=msgs.device)
         hit.scatter_(1, torch.where(won, writer, 0).view(B, -1), won.view(B, -1).float())
         wrote = (hit > 0).float().sum(0)  # [N] (module, sequence) pairs that wrote this round
-        count["write"] = count["write"] + (hit > 0).float().sum()
+        count["board_write"] = count["board_write"] + (hit > 0).float().sum()
         return new, wrote
 
 

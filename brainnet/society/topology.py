@@ -9,7 +9,8 @@ This is the only networkx user in the core. It turns a scenario into
   ``[C, n]`` layout, n = the largest cluster, so intra-cluster message passing stays one
   batched matmul with the ``[C, n, n]`` adjacency (empty slots have no edges);
 * the intra-cluster graph (complete by default; ring or small-world), as a tensor;
-* inter-cluster links (pipeline: c-1 -> c; feedback: also c+1 -> c top-down);
+* inter-cluster links (pipeline: c-1 -> c; feedback and brain: also c+1 -> c top-down;
+  attention: every module reads every other cluster's modules);
 * the firings ``(cluster, round)`` with the firings each one waits for — the clock turns these
   dependencies into simulated times, and firings at the same instant run as one bank call;
 * how cluster outputs are merged into the society's prediction.
@@ -41,13 +42,13 @@ class Kind:
     routed: bool = False  # the router picks top-k clusters per sequence
     blackboard: bool = False  # a global workspace is shared (per sequence)
     one_cluster: bool = False  # one cluster whatever ``society.clusters`` says
+    attend: bool = False  # each module reads every other cluster's modules (previous round)
     intra: str | None = None  # forced intra-cluster wiring ("none": no mates) or the config's
     merge: str = "all"  # "all" clusters, the "last" one, or "none": each module is its own task
 
     def __post_init__(self) -> None:
-        if self.routed and (self.chain or self.top_down):
-            # a routed cluster's buffer row r holds another sequence than its input's row r
-            raise ValueError("a routed topology cannot read other clusters' messages (chain)")
+        if self.routed and self.attend:
+            raise ValueError("attention over module outputs reads every cluster: not routed")
         if self.merge not in ("all", "last", "none"):
             raise ValueError(f"merge = {self.merge!r}: allowed: 'all', 'last', 'none'")
 
@@ -61,8 +62,11 @@ for _name, _kind in {
                      chain=True, top_down=True),
     "routing": Kind("the router picks top-k clusters per sequence; dense talk inside clusters",
                     routed=True),
-    "brain": Kind("routing + blackboard + feedback rounds + arousal (the default society)",
-                  routed=True, blackboard=True),
+    "brain": Kind("all four kinds: routing, serial links, top-down links over the rounds, "
+                  "blackboard (+ arousal)", routed=True, blackboard=True, chain=True,
+                  top_down=True),
+    "attention": Kind("each module reads every other cluster's modules through its learned "
+                      "attention (dense but selective)", attend=True),
     "all_to_all": Kind("baseline: one cluster in which every module reads every other",
                        one_cluster=True),
     "monolith": Kind("baseline: one big module, no communication", one_cluster=True),
@@ -191,11 +195,9 @@ class Topology:
     ) -> Topology:
         """The same kind of society with new clusters: ``sizes[c][b]`` as above and each
         cluster's own [n_c, n_c] adjacency (None: wire it as ``intra`` says). Inter-cluster
-        inputs (chains) and the merge list are kept when the number of clusters is; a chain
-        cannot gain or lose clusters."""
+        inputs (chains) and the merge list are kept when the number of clusters is; otherwise
+        they are rebuilt for the new clusters in their order, as the kind says."""
         same = len(sizes) == self.n_clusters
-        if any(self.inputs) and not same:
-            raise ValueError(f"topology {self.kind!r} is a chain: its clusters cannot change")
         C = len(sizes)
         n = max(sum(s) for s in sizes)
         adj = torch.zeros(C, n, n)
@@ -206,8 +208,9 @@ class Topology:
             if tuple(a.shape) != (n_c, n_c):
                 raise ValueError(f"cluster {c}: adjacency {tuple(a.shape)} for {n_c} modules")
             adj[c, :n_c, :n_c] = a
-        inputs = [list(i) for i in self.inputs] if same else [[] for _ in range(C)]
-        merge = list(self.merge) if same else list(range(C))
+        inputs, merge = _links(self.spec, C)
+        if same:
+            inputs, merge = [list(i) for i in self.inputs], list(self.merge)
         topo = Topology(self.kind, C, [list(s) for s in sizes], adj, inputs, self.routed,
                         self.blackboard, merge, self.intra)  # fmt: skip
         topo.graph = _module_graph(topo)
@@ -224,9 +227,9 @@ class Topology:
         """Every (cluster, round) firing of one step with what it waits for.
 
         rounds R = extra rounds after the first pass (R = 0: every cluster fires once).
-        Chains (pipeline, feedback) fire as a wavefront; the others fire round by round,
-        and with a blackboard every round waits for the whole previous round (the board's
-        competition needs every proposal).
+        Chains (pipeline, feedback, brain) fire as a wavefront; the others fire round by round,
+        and with a blackboard (or attention over every cluster) every round waits for the
+        whole previous round (the board's competition needs every proposal).
         """
         C, spec = self.n_clusters, self.spec
         out = []
@@ -234,7 +237,8 @@ class Topology:
             for c in range(C):
                 after: list[tuple[int, int]] = []
                 if r > 0:
-                    after += [(c2, r - 1) for c2 in range(C)] if self.blackboard else [(c, r - 1)]
+                    every = self.blackboard or spec.attend  # reads the whole previous round
+                    after += [(c2, r - 1) for c2 in range(C)] if every else [(c, r - 1)]
                 if spec.chain and c > 0:
                     after.append((c - 1, r))  # bottom-up, same round
                 if spec.top_down and r > 0 and c < C - 1:
@@ -253,7 +257,17 @@ def build_topology(
     n = sum(bank_sizes)
     intra = spec.intra or intra
     adjacency = torch.stack([_intra_adjacency(intra, n, seed + c) for c in range(C)])
-    inputs = [[] for _ in range(C)]
+    inputs, merge = _links(spec, C)
+    sizes = [list(bank_sizes) for _ in range(C)]
+    topo = Topology(kind, C, sizes, adjacency, inputs, spec.routed, spec.blackboard, merge, intra)
+    topo.graph = _module_graph(topo)
+    return topo
+
+
+def _links(spec: Kind, C: int) -> tuple[list[list[int]], list[int]]:
+    """Inter-cluster inputs of each of C clusters (serial c-1 -> c, top-down c+1 -> c) and the
+    clusters whose outputs are merged, as ``spec`` says."""
+    inputs: list[list[int]] = [[] for _ in range(C)]
     if spec.chain:
         for c in range(1, C):
             inputs[c].append(c - 1)
@@ -261,10 +275,7 @@ def build_topology(
         for c in range(C - 1):
             inputs[c].append(c + 1)
     merge = {"last": [C - 1], "none": []}.get(spec.merge, list(range(C)))
-    sizes = [list(bank_sizes) for _ in range(C)]
-    topo = Topology(kind, C, sizes, adjacency, inputs, spec.routed, spec.blackboard, merge, intra)
-    topo.graph = _module_graph(topo)
-    return topo
+    return inputs, merge
 
 
 def _intra_adjacency(kind: str, n: int, seed: int) -> Tensor:
@@ -299,6 +310,11 @@ def _module_graph(t: Topology) -> nx.DiGraph:
             for u in members[src]:
                 for v in ids:
                     g.add_edge(u, v, kind=kind)
+    if t.spec.attend:
+        for c, ids in enumerate(members):
+            for c2, src in enumerate(members):
+                if c2 != c:
+                    g.add_edges_from(((u, v) for u in src for v in ids), kind="attend")
     if t.routed:
         g.add_node("router", kind="router")
         for m in range(t.n_modules):

@@ -28,6 +28,7 @@ class Wave:
     inputs: Tensor  # [w, I] long: inter-cluster sources, clamped to >= 0
     input_ok: Tensor  # [w, I] bool: that source exists and has fired before
     board: bool  # the blackboard has been written before this wave
+    attend: bool  # attention topology: the other clusters have spoken before this wave
     any_memory: bool
     in_wave: Tensor  # [C] bool
 
@@ -62,7 +63,8 @@ def wave_tensors(topo: Topology, plan: Plan, has_mates: bool, device: torch.devi
         ok = [[s >= 0 and s in fired for s in row] for row in src]
         mates = [c in fired for c in cl]
         board = topo.blackboard and i > 0
-        any_memory = board or (has_mates and any(mates)) or any(map(any, ok))
+        attend = topo.spec.attend and C > 1 and bool(fired)
+        any_memory = board or attend or (has_mates and any(mates)) or any(map(any, ok))
         clusters = torch.tensor(cl, device=device)
         waves.append(
             Wave(
@@ -74,6 +76,7 @@ def wave_tensors(topo: Topology, plan: Plan, has_mates: bool, device: torch.devi
                 inputs=torch.tensor(src, device=device).clamp(min=0),
                 input_ok=torch.tensor(ok, device=device, dtype=torch.bool),
                 board=board,
+                attend=attend,
                 any_memory=any_memory,
                 in_wave=torch.isin(torch.arange(C, device=device), clusters),
             )
