@@ -144,7 +144,7 @@ def as_text_corpus(path: Path) -> list[str]:
 def test_bad_corpus_file_through_set(tmp_path: Path) -> None:
     text = tmp_path / "bin.dat"
     text.write_bytes(bytes(range(256)))
-    line = one_error(invoke("validate", "quickstart", *as_text_corpus(text)))
+    line = one_error(invoke("validate", "brain", *as_text_corpus(text)))
     assert line.startswith(f"error: --set: corpus.path = {str(text)!r}: looks binary"), line
 
 
@@ -152,7 +152,7 @@ def test_a_text_that_starts_blank_is_a_corpus(tmp_path: Path) -> None:
     """Only a wholly blank file is empty: 70,000 blanks and then text are a corpus."""
     text = tmp_path / "late.txt"
     text.write_text(" " * 70_000 + "the text itself\n" * 200, encoding="utf-8")
-    r = invoke("validate", "quickstart", *as_text_corpus(text))
+    r = invoke("validate", "brain", *as_text_corpus(text))
     assert r.exit_code == 0, r.output
 
 

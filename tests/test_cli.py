@@ -124,7 +124,7 @@ def test_validate_show_fills_every_default(tmp_path: Path) -> None:
     assert set(data) == {
         "name", "description", "seed", "device", "precision", "compile",
         "corpus", "modules", "train", "log", "out_dir", "society", "distill",
-        "collapse", "emergence", "reorganize", "reliability",
+        "collapse", "emergence", "reorganize", "reliability", "views",
     }  # fmt: skip
     # the resolved scenario is itself a valid scenario file that resolves to the same thing
     f = tmp_path / "resolved.yaml"
@@ -245,7 +245,7 @@ BAD_SETS = {
     "negative seed": (["seed=-3"], ["seed = -3", "must be >= 0"]),
     "no equals sign": (["novalue"], ["--set 'novalue'", "FIELD=VALUE"]),
     "empty field name": (["=3"], ["--set '=3'", "FIELD=VALUE"]),
-    "unknown corpus kind": (["corpus.kind=nope"], ["corpus.kind = 'nope'", "known: tasks, text"]),
+    "unknown corpus kind": (["corpus.kind=nope"], ["corpus.kind = 'nope'", "known: binding, tasks, text"]),
     "unknown module type": (
         ["modules.0.type=foo"],
         ["modules.0.type = 'foo'", "known: gru, transformer"],
@@ -266,7 +266,7 @@ BAD_SETS = {
 def test_bad_override(case: str) -> None:
     sets, phrases = BAD_SETS[case]
     args = [a for s in sets for a in ("--set", s)]
-    (line,) = error_lines(invoke("validate", "quickstart", *args))
+    (line,) = error_lines(invoke("validate", "brain", *args))  # (quickstart's corpus shifts)
     for phrase in phrases:
         assert phrase in line, (phrase, line)
 

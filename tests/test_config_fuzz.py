@@ -68,7 +68,7 @@ CASES = [
         setup={"corpus.kind": "text"},
         valid=lambda s: s == "tinyshakespeare",
     ),
-    Case("society.topology", r"known: all_to_all, brain, .*independent, .*routing"),
+    Case("society.topology", r"known: all_to_all, attention, brain, .*independent, .*routing"),
     Case("society.intra", _literal("complete", "ring", "small_world")),
     Case(
         "reorganize.actions",
@@ -263,5 +263,5 @@ def test_cli_shows_a_value_with_a_colon_on_one_line() -> None:
     assert "Traceback" not in r.output and r.stdout == ""
     assert r.stderr.splitlines() == [
         "error: --set: distill.teacher_run = 'C:/runs/x': only used by teacher 'run' "
-        "(teacher is 'ema'); allowed: null, or set teacher to 'run'"
+        "(teacher is 'both'); allowed: null, or set teacher to 'run'"
     ]

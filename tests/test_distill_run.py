@@ -102,11 +102,13 @@ def test_warmup_correction_distils_on_teacher_corrected_samples(tmp_path):
 
 
 def test_society_consolidation_reuses_the_first_pass_on_routed_rows(tmp_path):
-    """In a brain society the first wave is every module alone: the consolidation distils those
+    """In a routed society the first wave is every module alone: the consolidation distils those
     logits on each module's routed sequences (padding rows left out), and equals distill_loss on
     the standalone modules run on exactly those sequences, with the EMA teacher's logits on them
-    and the cluster mates as peers."""
+    and the cluster mates as peers. (The brain's serial links make its first wave one cluster:
+    it distils on a pass of its own.)"""
     s = sim(tmp_path, "brain", **{"modules.0.count": 12, "society.clusters": 4,
+                                   "society.topology": "routing",
                                    "distill": {"enabled": True, "teacher": "both", "alpha": 0.3},
                                    "society.arousal.enabled": False})  # fmt: skip
     s.teacher.update(0)  # the teacher drifts from the student a little: a non-zero KL

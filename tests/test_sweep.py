@@ -129,7 +129,7 @@ def test_every_run_is_validated_and_problems_name_their_place_in_the_sweep_file(
 def test_groups_are_listed_groups_times_grid_points_and_later_overrides_win(tmp_path):
     scen = write(tmp_path / "mine.yaml", {"name": "mine", "modules": [{"type": "transformer"}]})
     spec, label = load_sweep(write(tmp_path / "g.yaml", {
-        "base": "quickstart", "seeds": [0],
+        "base": "brain", "seeds": [0],
         "set": {"train.lr": 0.01, "train.steps": 7},
         "grid": {"train.lr": [0.001, 0.002], "corpus.domains": [["copy", "sort"]]},
         "groups": [{"name": "x", "set": {"train": {"steps": 9}}},

@@ -43,9 +43,8 @@ import numpy as np
 import torch
 from pydantic import Field, field_validator
 
-from brainnet.config import CorpusConfig
 from brainnet.data.base import Batch, Corpus, Split
-from brainnet.data.tasks import answer_mask
+from brainnet.data.tasks import PoolConfig, answer_mask, check_domains
 from brainnet.registry import CORPORA
 
 _LOWER = "abcdefghijklmnopqrstuvwxyz"
@@ -133,31 +132,17 @@ def _sequences(domain: str, seed: int, split: Split, count: int, length: int) ->
 class BindingCorpus(Corpus):
     """Seeded byte-level binding tasks with fields (see the module docstring)."""
 
-    class Config(CorpusConfig):
+    class Config(PoolConfig):
         kind: Literal["binding"] = "binding"
         domains: list[str] = Field(
             default_factory=lambda: list(ALL_DOMAINS),
             description=f"binding domains, in domain-id order; allowed: {', '.join(ALL_DOMAINS)}",
         )
-        train_sequences: int = Field(
-            20000, ge=1, description="sequences pre-generated for the train split"
-        )
-        val_sequences: int = Field(
-            1000, ge=1, description="sequences pre-generated for the val split"
-        )
 
         @field_validator("domains")
         @classmethod
         def _known(cls, v: list[str]) -> list[str]:
-            allowed = f"allowed: {', '.join(ALL_DOMAINS)}"
-            if not v:
-                raise ValueError(f"must name at least one domain; {allowed}")
-            for i, name in enumerate(v):
-                if name not in GENERATORS:
-                    raise ValueError(f"unknown domain {name!r}; {allowed}")
-                if name in v[:i]:
-                    raise ValueError(f"duplicate domain {name!r}; {allowed}")
-            return v
+            return check_domains(v, ALL_DOMAINS)
 
     n_fields = len(FIELDS)
     blank_token = 0  # NUL: no instance contains it

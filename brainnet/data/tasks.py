@@ -232,21 +232,37 @@ def _generate_domain(
     return {s: b"".join(seqs) for s, seqs in done.items()}
 
 
+class PoolConfig(CorpusConfig):
+    """What a corpus of pre-generated sequence pools has (tasks, binding)."""
+
+    train_sequences: int = Field(
+        20000, ge=1, description="sequences pre-generated for the train split"
+    )
+    val_sequences: int = Field(1000, ge=1, description="sequences pre-generated for the val split")
+
+
+def check_domains(names: list[str], known: list[str]) -> list[str]:
+    """``names`` must be distinct known domains, at least one (a domain list validator)."""
+    allowed = f"allowed: {', '.join(sorted(known))}"
+    if not names:
+        raise ValueError(f"must name at least one domain; {allowed}")
+    for i, name in enumerate(names):
+        if name not in known:
+            raise ValueError(f"unknown domain {name!r}; {allowed}")
+        if name in names[:i]:
+            raise ValueError(f"duplicate domain {name!r}; {allowed}")
+    return names
+
+
 @CORPORA.register("tasks")
 class TaskCorpus(Corpus):
     """Seeded byte-level multi-domain task corpus (see the module docstring for the formats)."""
 
-    class Config(CorpusConfig):
+    class Config(PoolConfig):
         kind: Literal["tasks"] = "tasks"
         domains: list[str] = Field(
             default_factory=lambda: list(ALL_DOMAINS),
             description=f"task domains, in domain-id order; allowed: {', '.join(ALL_DOMAINS)}",
-        )
-        train_sequences: int = Field(
-            20000, ge=1, description="sequences pre-generated for the train split"
-        )
-        val_sequences: int = Field(
-            1000, ge=1, description="sequences pre-generated for the val split"
         )
         shift_step: int | None = Field(
             None,
@@ -274,17 +290,7 @@ class TaskCorpus(Corpus):
         @field_validator("domains")
         @classmethod
         def _known(cls, v: list[str]) -> list[str]:
-            allowed = f"allowed: {', '.join(sorted(ALL_DOMAINS))}"
-            if not v:
-                raise ValueError(f"must name at least one domain; {allowed}")
-            seen: set[str] = set()
-            for name in v:
-                if name not in GENERATORS:
-                    raise ValueError(f"unknown domain {name!r}; {allowed}")
-                if name in seen:
-                    raise ValueError(f"duplicate domain {name!r}; {allowed}")
-                seen.add(name)
-            return v
+            return check_domains(v, ALL_DOMAINS)
 
     def __init__(self, cfg: Config, seed: int) -> None:
         self.vocab_size = 256
