@@ -245,7 +245,10 @@ BAD_SETS = {
     "negative seed": (["seed=-3"], ["seed = -3", "must be >= 0"]),
     "no equals sign": (["novalue"], ["--set 'novalue'", "FIELD=VALUE"]),
     "empty field name": (["=3"], ["--set '=3'", "FIELD=VALUE"]),
-    "unknown corpus kind": (["corpus.kind=nope"], ["corpus.kind = 'nope'", "known: binding, tasks, text"]),
+    "unknown corpus kind": (
+        ["corpus.kind=nope"],
+        ["corpus.kind = 'nope'", "known: binding, tasks, text"],
+    ),
     "unknown module type": (
         ["modules.0.type=foo"],
         ["modules.0.type = 'foo'", "known: gru, transformer"],

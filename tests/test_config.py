@@ -61,7 +61,12 @@ def test_resolved_yaml_round_trips():
         ({"name": "has space"}, "name", "'has space'", "must match"),
         ({"precision": "fp8"}, "precision", "'fp8'", "'auto', 'fp32' or 'bf16'"),
         ({"log.every": "often"}, "log.every", "'often'", "must be an integer"),
-        ({"society.topology": "ring"}, "society.topology", "'ring'", "known: all_to_all, attention, brain"),
+        (
+            {"society.topology": "ring"},
+            "society.topology",
+            "'ring'",
+            "known: all_to_all, attention, brain",
+        ),
         (
             {"emergence.every": 50, "reorganize.actions": ["replace", "grow"]},
             "reorganize.actions.1",

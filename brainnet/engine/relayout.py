@@ -115,7 +115,9 @@ class Relayout:
         ]
         new = soc.adopt_layout(sizes, adjacency, layout.router, seed, self.optimizer, noise,
                                generator)  # fmt: skip
-        if self.arousal is not None and self.arousal.n_clusters != new.n_clusters:
+        if self.arousal is not None and (  # routing statistics follow the clusters' identity
+            self.arousal.n_clusters != new.n_clusters or layout.router is not None
+        ):
             self.arousal.resize(new.n_clusters)
         self.consolidation.relayout()
         self.probes.select_rows(rows)

@@ -55,12 +55,13 @@ class Probes:
 
     @torch.no_grad()
     def standalone_logits(self, batch: Batch) -> list[Tensor]:
-        """Every module alone (no memory) on ``batch``: one [M, B, T, V] tensor per bank."""
+        """Every module alone (no memory) on ``batch`` (its view of it): one [M, B, T, V]
+        tensor per bank."""
         self.society.eval()
         with self.autocast():
             return [
-                bank(batch.x.unsqueeze(0).expand(bank.n_modules, -1, -1)).logits.float()
-                for bank in self.society.banks
+                bank(self.society.module_inputs(b, batch)).logits.float()
+                for b, bank in enumerate(self.society.banks)
             ]
 
     def select_rows(self, rows: Tensor) -> None:
@@ -103,8 +104,8 @@ class Probes:
         assert cfg is not None and self.collapse is not None
         gen = torch.Generator(device=self.device).manual_seed(sc.seed + step)
         diag: dict[str, list] = {}
-        for bank, z in zip(self.society.banks, logits, strict=True):
-            prompt = self.batch.x[: cfg.samples, :4].unsqueeze(0).expand(bank.n_modules, -1, -1)
+        for b, (bank, z) in enumerate(zip(self.society.banks, logits, strict=True)):
+            prompt = self.society.module_inputs(b, self.batch)[:, : cfg.samples, :4]  # its view
             samples = sample_bank(bank, prompt, cfg.sample_length, 1.0, gen)
             for k, v in diagnose(z, self.batch.y, samples, cfg).items():
                 diag.setdefault(k, []).extend(v.tolist())

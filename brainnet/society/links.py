@@ -44,7 +44,8 @@ def inputs_by_sequence(
     src = by_seq[src_c, at]  # [w, I, cap, T, Dm]
     here = input_ok[:, :, None] & present[src_c, at]  # [w, I, cap]
     k = here.sum(1)  # [w, cap]
-    mean = (src * here[:, :, :, None, None]).sum(1) / k.clamp(min=1)[:, :, None, None]
+    src = torch.where(here[:, :, :, None, None], src, 0.0)  # padding rows never leak a NaN
+    mean = src.sum(1) / k.clamp(min=1)[:, :, None, None]
     return mean, here
 
 

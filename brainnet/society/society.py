@@ -1,10 +1,13 @@
 """The society: banks, router, clusters and blackboard wired by a topology, and one step of it.
 
-    batch x [B, T] ──▶ Router: top-k clusters per sequence, static [C, cap] buffers (routed
-                       topologies; the others give every cluster the whole batch, cap = B)
+    batch x [B, T] ──▶ (views: each module's copy of x, other fields blanked; the router reads
+                       field 0) Router: top-k clusters per sequence, static [C, cap] buffers
+                       (routed topologies; the others give every cluster the whole batch)
     for each wave of the clock's plan (firings that start at the same simulated instant):
         memory of each firing module, per position  [w, n, cap, T, P, Dm]:
-            blackboard slots (S) | mean of mates' messages (1) | other clusters' messages (1)
+            blackboard slots (S) | mean of mates' messages (1) | mean of the serial / top-down
+            inputs' messages for the same sequence (1) | every module of the other clusters
+            (attention, (C-1)·n)
         ONE call per bank for all modules of the wave ──▶ logits, message, salience
         blackboard: the wave's proposals compete for the S slots of every (sequence, position)
     merge: router-weighted (or uniform) mixture of the clusters' final predictions
