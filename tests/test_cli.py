@@ -106,7 +106,7 @@ def test_validate_show_fills_every_default(tmp_path: Path) -> None:
     assert data["name"] == "quickstart"
     assert data["description"] == builtin_yaml("quickstart")["description"]
     # set in quickstart.yaml
-    assert data["train"]["lr"] == 3e-3 and data["train"]["steps"] == 300
+    assert data["train"]["lr"] == 3e-3 and data["train"]["steps"] == 180
     assert data["modules"][0]["count"] == 16 and data["modules"][0]["d_model"] == 64
     # not in quickstart.yaml: filled in from the defaults
     assert data["train"]["weight_decay"] == 0.1
