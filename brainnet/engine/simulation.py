@@ -191,9 +191,10 @@ class Simulation:
         }
 
     @torch.no_grad()
-    def evaluate(self) -> tuple[Tensor, Tensor]:
+    def evaluate(self) -> tuple[Tensor, Tensor, dict[str, Any]]:
         """Validation on the fixed batches -> (task loss [], per-module CE [N]; NaN for a
-        module that no validation sequence was routed to)."""
+        module that no validation sequence was routed to; the answer-token columns, {} for
+        a corpus without answers)."""
         self.society.eval()
         acc = Accumulator()
         with self._autocast():
@@ -202,12 +203,12 @@ class Simulation:
                 answers = {k: v for k, v in out.stats.items() if k.startswith("answer_")}
                 acc.add({"task": out.task_loss, "module": out.module_loss, **answers})
         mean = acc.mean()
-        self._val_answers = accounting.answers(mean)  # answer-token columns (host values)
-        return torch.tensor(mean["task"]), mean["module"]
+        answers = accounting.answers(mean)  # answer-token columns (host values)
+        return torch.tensor(mean["task"]), mean["module"], answers
 
     def _eval_host(self) -> dict[str, Any]:
-        task, module = self.evaluate()
-        answers = {f"val_{k}": v for k, v in self._val_answers.items()}
+        task, module, answers = self.evaluate()
+        answers = {f"val_{k}": v for k, v in answers.items()}
         return {"val_loss": task.float().item(), "module_val_loss": module.float().cpu(),
                 **answers}  # fmt: skip
 
