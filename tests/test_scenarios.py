@@ -35,7 +35,7 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     scope: dict = {}
     exec(compile(code, "README.md", "exec"), scope)
     run = scope["run"]
-    assert run.metrics.column("step").to_pylist()[-1] == 40
+    assert run.metrics.column("step").to_pylist()[-1] == 20
     assert (tmp_path / "runs").is_dir()
 
 

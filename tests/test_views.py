@@ -137,20 +137,28 @@ def test_binding_instances_have_fixed_layouts_and_right_answers():
             prompt, ans = inst.split("=")
             if name == "sum":
                 assert int(ans) == (int(prompt[2]) + int(prompt[4])) % SUM_MOD
+            elif name == "add":
+                assert int(ans) == int(prompt[2]) + int(prompt[4]) and len(ans) == 1
             elif name == "lookup":
                 pairs, q = prompt[2:].split("?")
                 assert ans == dict(zip(pairs[::2], pairs[1::2], strict=True))[q]
+            elif name == "pick":
+                digits, which = prompt[2:].split("|")
+                assert digits[0] != digits[1] and ans == digits[int(which)]
             else:
                 noun, verb = prompt[2:].split("|")
                 assert ans == ("y" if (noun[-1] == "s") == (verb[-1] == ".") else "n")
     assert FIELDS == ("shared", "left", "right")
+    assert c.domains == ["sum", "add", "lookup", "agree", "pick"]
 
 
 def test_the_floors_are_the_best_single_view_predictors():
-    """ln 10 and ln 2 by symmetry; lookup's floor against a direct sum, and against the
+    """ln 5 and ln 2 by symmetry; lookup's floor against a direct sum, and against the
     empirical loss of the left view's Bayes predictor (value shares among the 4 keys)."""
     assert FLOORS["sum"] == pytest.approx(math.log(SUM_MOD)) and SUM_MOD == 5
+    assert FLOORS["add"] == pytest.approx(math.log(5))  # a + b given a: b's 5 values
     assert FLOORS["agree"] == pytest.approx(math.log(2))
+    assert FLOORS["pick"] == pytest.approx(math.log(2))  # one of two different digits
     direct = 0.729 * math.log(4) + 0.243 * math.log(2) + 0.027 * math.log(4 / 3)
     assert lookup_floor() == pytest.approx(direct, abs=1e-12)
     import random

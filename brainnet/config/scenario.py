@@ -59,6 +59,12 @@ class TrainConfig(Strict):
     grad_clip: float = Field(1.0, ge=0, description="per-module gradient-norm clip; 0 disables")
     eval_every: int = Field(50, ge=1, description="validation every this many steps")
     eval_batches: int = Field(8, ge=1, description="fixed validation batches per evaluation")
+    answer_weight: float = Field(
+        1.0,
+        ge=1,
+        description="an answer target counts this many times a prompt target in the training "
+        "loss (weights normalised to mean 1; validation stays plain); 1 = plain next-token loss",
+    )
 
     @field_validator("betas")
     @classmethod
@@ -165,6 +171,18 @@ class Scenario(Strict):
             yield problem(("distill", "warmup_correction", "enabled"), True,
                           "cannot go with `views:` (its samples read the whole input); "
                           "allowed: false")  # fmt: skip
+
+    @check("train", "corpus")
+    def _answer_weight_needs_answers(self) -> Problems:
+        kind = self.corpus.kind
+        if self.train.answer_weight == 1 or kind not in CORPORA:
+            return
+        if not getattr(CORPORA.get(kind), "has_answers", False):
+            with_answers = [n for n in CORPORA.names() if getattr(CORPORA.get(n), "has_answers",
+                                                                   False)]  # fmt: skip
+            yield problem(("train", "answer_weight"), self.train.answer_weight,
+                          f"corpus {kind!r} has no answer tokens; allowed: 1, or a corpus with "
+                          f"answers ({', '.join(with_answers)})")  # fmt: skip
 
     @check("reorganize", "emergence")
     def _reorganize_needs_emergence(self) -> Problems:

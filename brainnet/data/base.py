@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -11,7 +11,7 @@ import torch
 Split = Literal["train", "val"]
 
 
-@dataclass
+@dataclasses.dataclass
 class Batch:
     """One batch of next-token prediction."""
 
@@ -23,11 +23,24 @@ class Batch:
     field: torch.Tensor | None = None
     #: [B, T] bool, the TARGET y[:, t] is an answer token (None = the corpus has no answers)
     answer: torch.Tensor | None = None
+    #: [B, T] float, each target's weight in the training loss, mean 1 (None = all equal;
+    #: set by the simulation from ``train.answer_weight``, never by a corpus)
+    weight: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> Batch:
         nb = torch.device(device).type == "cuda"
         move = lambda t: None if t is None else t.to(device, non_blocking=nb)  # noqa: E731
-        return Batch(*(move(t) for t in (self.x, self.y, self.domain, self.field, self.answer)))
+        parts = (self.x, self.y, self.domain, self.field, self.answer, self.weight)
+        return Batch(*(move(t) for t in parts))
+
+    def weighted(self, answer_weight: float) -> Batch:
+        """This batch with answer targets counting ``answer_weight`` times a prompt target in
+        the training loss (weights normalised to mean 1, so the loss keeps its scale); itself
+        when the weight is 1 or the corpus has no answers."""
+        if answer_weight == 1 or self.answer is None:
+            return self
+        w = 1 + (answer_weight - 1) * self.answer.float()  # [B, T]
+        return dataclasses.replace(self, weight=w / w.mean())
 
 
 class Corpus(ABC):
@@ -45,6 +58,8 @@ class Corpus(ABC):
     n_fields: int = 1
     #: the token a view sees in place of a field it does not receive
     blank_token: int = 0
+    #: batches mark answer targets (``Batch.answer``): answer metrics, ``train.answer_weight``
+    has_answers: bool = False
 
     @abstractmethod
     def batch(self, split: Split, batch_size: int, generator: torch.Generator) -> Batch:

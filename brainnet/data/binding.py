@@ -9,11 +9,14 @@ length and layout, so blanks never leak a field's content through its length.
 
 - ``sum``     ``s:3+4=2;``        left: the first digit, right: the second (digits 0-4); answer
   (a + b) mod 5
+- ``add``     ``a:3+4=7;``        the same operands, answer a + b (0-8)
 - ``lookup``  ``k:a3b7c1d5?b=7;`` left: 4 distinct keys with digit values, right: the queried
   key; answer its value
 - ``agree``   ``g:cat.|sees=y;``  left: a noun, singular (``cat.``) or plural (``cats``); right:
   a verb, singular (``sees``) or plural (``see.``); answer ``y`` if they agree in number, else
   ``n``
+- ``pick``    ``p:37|1=7;``       left: two different digits; right: which one to pick (0 or 1);
+  answer that digit
 
 Fields: 0 = shared (tag, separators, answer, ``;``; every view sees them), 1 = left, 2 = right.
 The answer is field 0, but it is the target at the position before it: a causal module has not
@@ -21,11 +24,21 @@ seen it when it predicts it.
 
 The no-communication floor (:data:`FLOORS`): the answer-token loss of the best predictor that
 sees ONE view only, minimised over the views. ``sum``: the answer is uniform whatever one digit
-is, so ln 5. ``agree``: independent numbers, ln 2. ``lookup``: the right view alone gives ln 10;
+is, so ln 5. ``add``: one operand leaves the other's 5 values, ln 5. ``agree``: independent
+numbers, ln 2. ``pick``: the left view knows the answer is one
+of its two digits, ln 2 (the right view alone: ln 10). ``lookup``: the right view alone gives ln 10;
 the left view knows the 4 values, so its best guess is each shown value with probability
 (keys holding it) / 4, and the floor is E[-ln(c / 4)] with c - 1 ~ Binomial(3, 1/10)
 (:func:`lookup_floor`, 1.1868). A mixture of single-view predictors (an ensemble's merge) cannot
 beat these either (Jensen over the unseen field). The ceiling with every field is 0.
+
+``sum`` and ``agree`` are parity-like: what one field says about the answer depends on the other
+field, so the answer's logits are no sum of a left and a right part, gradient descent gets no
+first-order signal until both are combined, and they are learnt late and suddenly (if at all) in
+a short run. ``add`` is not: its logits can be a sum of a part from each operand
+(-(s - a - b)² expands into s², s·a and s·b terms), so a module that receives the other operand
+through a message only has to add it in. ``pick`` is in between: the left view learns "one of
+my two digits" on its own, and the selector then has to gate between them.
 
 Splits: the instance spaces are small (``sum`` has 25 instances), so train and val are drawn
 from separate random streams rather than from disjoint strings: what is measured is binding,
@@ -52,8 +65,8 @@ _LOWER = "abcdefghijklmnopqrstuvwxyz"
 #: Field names, in field-id order.
 FIELDS = ("shared", "left", "right")
 
-#: sum: digits 0 .. SUM_MOD - 1, answer (a + b) mod SUM_MOD (small enough to learn in a few
-#: hundred steps; a 10 x 10 table is not learnt in 300 steps even with both fields seen)
+#: sum and add: digits 0 .. SUM_MOD - 1; sum's answer (a + b) mod SUM_MOD, add's a + b (one
+#: byte while SUM_MOD <= 5)
 SUM_MOD = 5
 #: lookup: keys per instance
 LOOKUP_KEYS = 4
@@ -65,6 +78,12 @@ def gen_sum(rng: random.Random) -> str:
     """``s:3+4=2;``"""
     a, b = rng.randrange(SUM_MOD), rng.randrange(SUM_MOD)
     return f"s:{a}+{b}={(a + b) % SUM_MOD};"
+
+
+def gen_add(rng: random.Random) -> str:
+    """``a:3+4=7;``"""
+    a, b = rng.randrange(SUM_MOD), rng.randrange(SUM_MOD)
+    return f"a:{a}+{b}={a + b};"
 
 
 def gen_lookup(rng: random.Random) -> str:
@@ -84,17 +103,28 @@ def gen_agree(rng: random.Random) -> str:
     return f"g:{noun}|{verb}={'y' if plural_noun == plural_verb else 'n'};"
 
 
+def gen_pick(rng: random.Random) -> str:
+    """``p:37|1=7;``"""
+    digits = rng.sample("0123456789", 2)
+    i = rng.randrange(2)
+    return f"p:{digits[0]}{digits[1]}|{i}={digits[i]};"
+
+
 #: Domain name -> instance generator.
 GENERATORS: dict[str, Callable[[random.Random], str]] = {
     "sum": gen_sum,
+    "add": gen_add,
     "lookup": gen_lookup,
     "agree": gen_agree,
+    "pick": gen_pick,
 }
 #: Domain name -> the field id of every byte of an instance (instances have a fixed layout).
 LAYOUTS: dict[str, str] = {
     "sum": "00102000",
+    "add": "00102000",
     "lookup": "00" + "1" * 2 * LOOKUP_KEYS + "0" + "2" + "000",
     "agree": "00111102222000",
+    "pick": "001102000",
 }
 ALL_DOMAINS: list[str] = list(GENERATORS)
 
@@ -112,8 +142,10 @@ def lookup_floor(keys: int = LOOKUP_KEYS, values: int = 10) -> float:
 #: Domain -> the analytic no-communication floor of its answer-token loss (nats).
 FLOORS: dict[str, float] = {
     "sum": math.log(SUM_MOD),
+    "add": math.log(SUM_MOD),
     "lookup": lookup_floor(),
     "agree": math.log(2),
+    "pick": math.log(2),
 }
 
 
@@ -146,6 +178,7 @@ class BindingCorpus(Corpus):
 
     n_fields = len(FIELDS)
     blank_token = 0  # NUL: no instance contains it
+    has_answers = True
 
     def __init__(self, cfg: Config, seed: int) -> None:
         self.vocab_size = 256

@@ -258,6 +258,8 @@ def check_domains(names: list[str], known: list[str]) -> list[str]:
 class TaskCorpus(Corpus):
     """Seeded byte-level multi-domain task corpus (see the module docstring for the formats)."""
 
+    has_answers = True
+
     class Config(PoolConfig):
         kind: Literal["tasks"] = "tasks"
         domains: list[str] = Field(

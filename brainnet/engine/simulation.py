@@ -151,6 +151,7 @@ class Simulation:
         cfg, dcfg = self.scenario.train, self.scenario.distill
         self.corpus.at_step(self.step)
         batch = self.corpus.batch("train", cfg.batch_size, self.data_rng).to(self.device)
+        batch = batch.weighted(cfg.answer_weight)  # answer targets weigh more (1: unchanged)
         lr = lr_at(self.step, cfg) * self.knobs.lr_scale  # arousal's multiplier (1: off)
         for g in self.optimizer.param_groups:
             g["lr"] = lr

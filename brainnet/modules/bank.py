@@ -264,17 +264,20 @@ def folded_heads(x: Tensor, h: dict[str, Tensor | None]) -> BankOutput:
     return BankOutput(logits, message, salience)
 
 
-def module_cross_entropy(logits: Tensor, targets: Tensor, rows: Tensor | None = None) -> Tensor:
+def module_cross_entropy(
+    logits: Tensor, targets: Tensor, rows: Tensor | None = None, weight: Tensor | None = None
+) -> Tensor:
     """Mean next-token cross-entropy of each module.
 
     logits [M, B, T, V] (any float dtype; computed in fp32), targets [B, T] shared by all
     modules or [M, B, T]; rows [M, B] bool | None: the sequences that count (e.g. not a router's
-    padding rows) -> [M].
+    padding rows); weight [B, T] | None: each target's weight, mean 1 (``Batch.weight``) -> [M].
     """
     V = logits.shape[-1]
     targets = targets.expand(logits.shape[:-1])
     ce = F.cross_entropy(logits.reshape(-1, V).float(), targets.reshape(-1), reduction="none")
-    return module_mean(ce.view(logits.shape[:-1]), rows)
+    ce = ce.view(logits.shape[:-1])  # [M, B, T]
+    return module_mean(ce if weight is None else ce * weight, rows)
 
 
 def module_mean(x: Tensor, rows: Tensor | None = None) -> Tensor:

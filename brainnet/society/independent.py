@@ -34,7 +34,7 @@ def independent_step(
             x = tokens[b]
         z = bank(x).logits  # [M, B, T, V]
         logits.append(z)
-        ce.append(module_cross_entropy(z, batch.y))  # [M]
+        ce.append(module_cross_entropy(z, batch.y, weight=batch.weight))  # [M]
     module_ce = torch.cat(ce)  # [N]
     return StepOut(
         task_loss=module_ce.mean(),

@@ -321,12 +321,15 @@ class Society(nn.Module):
         else:
             logp = merge_uniform(lp[topo.merge])  # [len(merge), B, T, V] -> [B, T, V]
         nll = F.nll_loss(logp.reshape(-1, V), y.reshape(-1), reduction="none").view(B, T)
-        task_loss = nll.mean()
+        w = batch.weight  # [B, T] | None: train.answer_weight's token weights, mean 1
+        task_loss = nll.mean() if w is None else (nll * w).mean()
 
         # each module's own CE on the sequences it processed
         y_pad = torch.cat([y, y.new_zeros(1, T)])[seq_index]  # [C, cap, T]
         target = y_pad[:, None, :, :, None].expand(C, n, cap, T, 1)
         ce = -module_lp.gather(-1, target).squeeze(-1)  # [C, n, cap, T]
+        if w is not None:
+            ce = ce * torch.cat([w, w.new_ones(1, T)])[seq_index][:, None]  # row B: padding
         per_slot = ce.mean(-1) * valid[:, None]  # [C, n, cap]
         module_ce = per_slot.sum(-1) / active[:, None].clamp(min=1)  # [C, n]
         if self.uniform:
