@@ -258,7 +258,9 @@ def routing(run: Run) -> Plot:
     names = (run.config.get("corpus") or {}).get("domains") or []
     tail = dc[len(dc) * 3 // 4 :].mean(0).reshape(-1, C)  # last quarter of training
     share = tail / np.maximum(tail.sum(1, keepdims=True), 1e-9)
-    fig, (a, b) = _fig(2, 11)
+    s_mi, mi = _series(rows, "routing_mi")
+    fig, axes = _fig(3 if len(mi) else 2, 16 if len(mi) else 11)
+    a, b = axes[0], axes[1]
     im = a.imshow(share, aspect="auto", cmap="viridis", vmin=0, vmax=1)
     a.set(title="domain -> cluster (share of routes, last quarter)", xlabel="cluster")
     a.set_xticks(range(C))
@@ -269,6 +271,14 @@ def routing(run: Run) -> Plot:
     b.set(title="load per cluster (sequences assigned / step)", xlabel="step")
     b.legend(fontsize=7)
     _mark_events(b, run)
+    if len(mi):  # specialisation: I(domain; cluster) against chance and the top-k ceiling
+        c = axes[2]
+        c.plot(s_mi, mi, label="MI (Miller–Madow)")
+        c.plot(*_series(rows, "routing_mi_chance"), ls=":", color="gray", label="chance")
+        c.plot(*_series(rows, "routing_mi_ceiling"), ls="--", color="k", lw=1, label="ceiling")
+        c.set(title="specialisation: I(domain; cluster)", xlabel="step", ylabel="bits")
+        c.legend(fontsize=7)
+        _mark_events(c, run)
     fig.tight_layout()
     return fig
 

@@ -115,7 +115,7 @@ def render(run_dir: str | Path) -> Path:
     titles = {
         "losses": "losses (society, per cluster, per domain)",
         "answers": "answer tokens: loss and accuracy per domain (dashed: no-communication floor)",
-        "routing": "routing: domain x cluster, load per cluster",
+        "routing": "routing: domain x cluster, load per cluster, specialisation (MI)",
         "blackboard": "blackboard: occupancy and who wrote",
         "arousal": "arousal and focus, and what arousal set (k, rounds, temperature, lr scale)",
         "collapse": "collapse diagnostics per module",

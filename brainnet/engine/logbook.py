@@ -83,9 +83,11 @@ class Logbook:
         train: dict[str, Any] | None,
         val: dict[str, Any] | None,
         module_probes: dict[str, list] | None = None,
+        steps: int = 1,
     ) -> Tensor | None:
         """Write one metrics row (+ one row per module) from host values; the interval ran
-        at ``knobs``. Returns the interval's board writes per module [N] (or None)."""
+        ``steps`` optimiser steps at ``knobs``. Returns the interval's board writes per module
+        [N] (or None)."""
         assert self.writer is not None
         train = dict(train or {})
         module_train = train.pop("module_loss", None)
@@ -100,7 +102,8 @@ class Logbook:
             **{k: v for k, v in (val or {}).items() if k.startswith("val_domain_answer")},
         }
         if train:
-            row.update(society.interval_row(train, knobs, self.sc.train.batch_size))
+            row.update(society.interval_row(train, knobs, self.sc.train.batch_size, steps,
+                                            seed=self.sc.seed + row["step"]))  # fmt: skip
         module_val = None if val is None else val["module_val_loss"]
         topo = society.topology
         types = [bank.cfg.type for bank in society.banks for _ in range(bank.n_modules)]

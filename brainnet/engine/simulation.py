@@ -266,7 +266,7 @@ class Simulation:
                         row.update(arousal=a, focus=focus, **knobs.row())
                         self.knobs = self.arousal.knobs(a, sc.society)
                     val = self._eval_host() if do_eval else None
-                    self._log(row, train, val, callbacks, module_probes, knobs)
+                    self._log(row, train, val, callbacks, module_probes, knobs, acc.n)
                     if event is not None and sc.reorganize is not None:  # the row: old layout
                         self.reorganize(*event)
                         if self.arousal is not None:  # the focus prior follows the new C
@@ -290,9 +290,10 @@ class Simulation:
         callbacks: list[Callback],
         module_probes: dict[str, list] | None = None,
         knobs: Knobs | None = None,
+        steps: int = 1,
     ) -> None:
         writes = self.logbook.write(self.society, knobs or self.knobs, row, train, val,
-                                    module_probes)  # fmt: skip
+                                    module_probes, steps)  # fmt: skip
         if writes is not None:
             self.relayout.hear(writes)
         for cb in callbacks:

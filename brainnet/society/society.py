@@ -50,6 +50,7 @@ from brainnet.society.independent import independent_step
 from brainnet.society.links import attention_reads, inputs_by_sequence
 from brainnet.society.output import Alone, StepOut
 from brainnet.society.router import Router, capacity, routing_entropy
+from brainnet.society.specialisation import specialisation_columns
 from brainnet.society.topology import Topology, build_topology
 from brainnet.society.views import Views
 from brainnet.society.waves import Wave, wave_tensors
@@ -160,10 +161,13 @@ class Society(nn.Module):
         plan, _ = self.plan(knobs.rounds, cap)
         return accounting.module_tokens(plan, self.topology.cluster_sizes, cap, self.block_size)
 
-    def interval_row(self, stats: dict, knobs: Knobs, batch_size: int) -> dict:
-        """Metrics columns from one log interval's mean stats, charged at the ``knobs`` the
-        interval ran with: communication, routing, blackboard and per-domain losses
-        (independent modules: the mean over modules of what is left, e.g. distill_loss)."""
+    def interval_row(
+        self, stats: dict, knobs: Knobs, batch_size: int, steps: int = 1, seed: int = 0
+    ) -> dict:
+        """Metrics columns from one log interval's mean stats over ``steps`` steps, charged at
+        the ``knobs`` the interval ran with: communication, routing (with the domain-cluster
+        MI, its chance level from ``seed``), blackboard and per-domain losses (independent
+        modules: the mean over modules of what is left, e.g. distill_loss)."""
         stats = dict(stats)
         answers = accounting.answers(stats)  # {} without answer tokens
         if not self.topology.merged:
@@ -172,6 +176,9 @@ class Society(nn.Module):
         out = accounting.communication(stats, plan, self.block_size, self.message_dim, self.slots)
         out["domain_loss"] = accounting.by_domain(stats)
         out.update(answers)
+        if "domain_cluster" in stats:
+            table = stats["domain_cluster"].tolist()
+            out.update(specialisation_columns(table, self.n_domains, knobs.k, steps, seed))
         for k, v in stats.items():
             out[k] = v.tolist() if isinstance(v, Tensor) else v
         return out
