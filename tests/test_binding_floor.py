@@ -13,6 +13,11 @@ import brainnet
 from brainnet.data.binding import FLOORS
 
 DOMAINS = ["add", "pick"]
+#: the best an equal-weight mixture of a left-view and a right-view predictor can do (the
+#: ensemble's merge of its 2 clusters), at least the floor: add ln 5; pick -ln(1/2 * 1/2 +
+#: 1/2 * 1/10) (the left view's two digits, the right view's uniform guess); a numerical
+#: optimisation of both tables gives the same (1.6095, 1.204)
+NO_LEAK = {"add": math.log(5), "pick": -math.log(0.3)}
 STEPS = 250  # both fields: add 0.50 (floor 1.61); views: add 1.78, pick 1.75 (seed 0)
 
 
@@ -42,9 +47,11 @@ def test_the_no_message_ensemble_with_views_stays_at_the_floor(tmp_path):
     assert FLOORS["add"] == math.log(5) and FLOORS["pick"] == math.log(2)
     got = answer_losses(tmp_path, views=True)
     for domain, loss in got.items():
-        assert loss >= FLOORS[domain] - 0.05, f"a leak in {domain}: {loss:.3f} < floor - 0.05"
+        assert NO_LEAK[domain] >= FLOORS[domain]
+        assert loss >= NO_LEAK[domain] - 0.05, f"a leak in {domain}: {loss:.3f}"
 
 
 def test_with_both_fields_the_same_society_beats_the_floor(tmp_path):
+    """(pick is not learnt below its floor in this budget: 1.16 with both fields)"""
     got = answer_losses(tmp_path, views=False)
     assert got["add"] < FLOORS["add"] - 0.5, got

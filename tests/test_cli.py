@@ -106,12 +106,12 @@ def test_validate_show_fills_every_default(tmp_path: Path) -> None:
     assert data["name"] == "quickstart"
     assert data["description"] == builtin_yaml("quickstart")["description"]
     # set in quickstart.yaml
-    assert data["train"]["lr"] == 3e-3 and data["train"]["steps"] == 180
+    assert data["train"]["lr"] == 3e-3 and data["train"]["steps"] == 140
     assert data["modules"][0]["count"] == 16 and data["modules"][0]["d_model"] == 64
     # not in quickstart.yaml: filled in from the defaults
     assert data["train"]["weight_decay"] == 0.1
     assert data["train"]["betas"] == [0.9, 0.99]
-    assert data["train"]["grad_clip"] == 1.0
+    assert data["train"]["grad_clip"] == 1.0 and data["train"]["answer_weight"] == 1.0
     assert data["log"]["checkpoint_every"] == 0
     assert data["precision"] == "auto" and data["compile"] is False
     assert data["out_dir"] == "runs"

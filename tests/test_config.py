@@ -48,7 +48,7 @@ def test_resolved_yaml_round_trips():
     "overrides, field, value, allowed",
     [
         ({"train.lr": -1}, "train.lr", "-1", "must be > 0"),
-        ({"train.lrr": 1}, "train.lrr", "1", "allowed: batch_size, betas"),
+        ({"train.lrr": 1}, "train.lrr", "1", "allowed: answer_weight, batch_size, betas"),
         ({"device": "gpu"}, "device", "'gpu'", "'auto', 'cpu' or 'cuda'"),
         ({"train.steps": 0}, "train.steps", "0", "must be >= 1"),
         ({"train.betas": [0.9, 1.5]}, "train.betas", "[0.9, 1.5]", "each must be in [0, 1)"),

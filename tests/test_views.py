@@ -149,7 +149,7 @@ def test_binding_instances_have_fixed_layouts_and_right_answers():
                 noun, verb = prompt[2:].split("|")
                 assert ans == ("y" if (noun[-1] == "s") == (verb[-1] == ".") else "n")
     assert FIELDS == ("shared", "left", "right")
-    assert c.domains == ["sum", "add", "lookup", "agree", "pick"]
+    assert c.domains == ["sum", "lookup", "agree", "add", "pick"]
 
 
 def test_the_floors_are_the_best_single_view_predictors():

@@ -62,6 +62,7 @@ class TrainConfig(Strict):
     answer_weight: float = Field(
         1.0,
         ge=1,
+        allow_inf_nan=False,
         description="an answer target counts this many times a prompt target in the training "
         "loss (weights normalised to mean 1; validation stays plain); 1 = plain next-token loss",
     )
@@ -172,11 +173,15 @@ class Scenario(Strict):
                           "cannot go with `views:` (its samples read the whole input); "
                           "allowed: false")  # fmt: skip
 
-    @check("train", "corpus")
+    @check("train", "corpus", "distill")
     def _answer_weight_needs_answers(self) -> Problems:
         kind = self.corpus.kind
         if self.train.answer_weight == 1 or kind not in CORPORA:
             return
+        if self.distill.enabled:
+            yield problem(("train", "answer_weight"), self.train.answer_weight,
+                          "cannot go with distill.enabled (consolidation's losses are plain "
+                          "means); allowed: 1 with distillation")  # fmt: skip
         if not getattr(CORPORA.get(kind), "has_answers", False):
             with_answers = [n for n in CORPORA.names() if getattr(CORPORA.get(n), "has_answers",
                                                                    False)]  # fmt: skip

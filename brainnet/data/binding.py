@@ -29,8 +29,15 @@ numbers, ln 2. ``pick``: the left view knows the answer is one
 of its two digits, ln 2 (the right view alone: ln 10). ``lookup``: the right view alone gives ln 10;
 the left view knows the 4 values, so its best guess is each shown value with probability
 (keys holding it) / 4, and the floor is E[-ln(c / 4)] with c - 1 ~ Binomial(3, 1/10)
-(:func:`lookup_floor`, 1.1868). A mixture of single-view predictors (an ensemble's merge) cannot
-beat these either (Jensen over the unseen field). The ceiling with every field is 0.
+(:func:`lookup_floor`, 1.1868). For these domains a mixture of single-view predictors (an ensemble's
+merge) cannot beat the floor either: in ``sum``, ``add``, ``agree`` and ``pick`` each view's
+expected probability on the answer is at most e^-floor, so any mixture's is too (a numerical
+optimisation of a left table, a right table and their mixture weight ends at the floor, all
+weight on one view); for ``lookup`` this holds for the equal-weight merge (1.42 > 1.19), not for
+any weight. (It is no general law: views that each knew the whole answer half of the time would
+mix below their floors.) A *product* of experts could beat ``add``'s floor (its logits are a sum of
+a left and a right part, see below), which is why brainnet's merges are mixtures of
+probabilities. The ceiling with every field is 0.
 
 ``sum`` and ``agree`` are parity-like: what one field says about the answer depends on the other
 field, so the answer's logits are no sum of a left and a right part, gradient descent gets no
@@ -113,17 +120,17 @@ def gen_pick(rng: random.Random) -> str:
 #: Domain name -> instance generator.
 GENERATORS: dict[str, Callable[[random.Random], str]] = {
     "sum": gen_sum,
-    "add": gen_add,
     "lookup": gen_lookup,
     "agree": gen_agree,
+    "add": gen_add,
     "pick": gen_pick,
 }
 #: Domain name -> the field id of every byte of an instance (instances have a fixed layout).
 LAYOUTS: dict[str, str] = {
     "sum": "00102000",
-    "add": "00102000",
     "lookup": "00" + "1" * 2 * LOOKUP_KEYS + "0" + "2" + "000",
     "agree": "00111102222000",
+    "add": "00102000",
     "pick": "001102000",
 }
 ALL_DOMAINS: list[str] = list(GENERATORS)
@@ -142,9 +149,9 @@ def lookup_floor(keys: int = LOOKUP_KEYS, values: int = 10) -> float:
 #: Domain -> the analytic no-communication floor of its answer-token loss (nats).
 FLOORS: dict[str, float] = {
     "sum": math.log(SUM_MOD),
-    "add": math.log(SUM_MOD),
     "lookup": lookup_floor(),
     "agree": math.log(2),
+    "add": math.log(SUM_MOD),
     "pick": math.log(2),
 }
 
