@@ -71,10 +71,14 @@ def test_the_domain_profile_is_each_clusters_mix():
     assert domain_profile(t) == [[0.75, 0.25], [0.0, 0.0]]
 
 
-def test_a_routed_run_logs_the_mi_against_chance_and_ceiling(tmp_path):
+@pytest.mark.parametrize("untagged", [False, True])
+def test_a_routed_run_logs_the_mi_against_chance_and_ceiling(tmp_path, untagged):
+    """(untagged: the corpus without domain tags, a router that reads 8 tokens)"""
+    extra = {"corpus.tags": False, "society.router.context": 8} if untagged else {}
     sc = brainnet.load_scenario("routing", {
         "train.steps": 6, "train.batch_size": 8, "train.eval_every": 6, "train.eval_batches": 1,
         "log.every": 3, "modules.0.d_model": 16, "modules.0.n_layer": 1, "corpus.block_size": 16,
+        **extra,
     })  # fmt: skip
     sim = brainnet.Simulation(sc, out_dir=tmp_path)
     sim.run()

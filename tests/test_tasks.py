@@ -322,3 +322,20 @@ def test_answer_mask_marks_the_answer_bytes_only():
     first = bytes(seqs[0][mask[0]].tolist())
     assert first == b"1203"  # the two answers, without '=' and ';'
     assert not mask[1].any()  # grammar has no answers
+
+
+def test_without_tags_instances_start_with_their_content_and_splits_stay_disjoint() -> None:
+    cfg = TaskCorpus.Config(kind="tasks", block_size=64, train_sequences=140, val_sequences=35,
+                            tags=False)  # fmt: skip
+    c = TaskCorpus(cfg, seed=0)
+    insts: dict[str, set[str]] = {"train": set(), "val": set()}
+    for split in insts:
+        for row, d in zip(c.seqs[split], c.seq_domains[split].tolist(), strict=True):
+            text = c.decode(row)
+            assert ":" not in text  # a colon occurs in tags only
+            whole = text.split(";")[:-1]  # the complete instances
+            for inst in whole:
+                check_instance(c.domains[d], TAGS[c.domains[d]] + inst + ";")  # tag given back
+            insts[split] |= set(whole)
+        assert c.answers[split].any()  # '=' ... ';' still marks the answers
+    assert insts["train"] and not insts["train"] & insts["val"]

@@ -25,6 +25,11 @@ fits, as all do at the default block size of 64); the last one is usually cut. D
 assigned to sequences round-robin (sequence ``i`` has domain ``i % len(domains)``), so they are
 balanced; a domain's id is its index in ``cfg.domains``.
 
+Tags: ``tags: false`` drops every instance's tag, so the domain must be told from the content
+(the router's ``context`` then has to reach past the first token). Untagged instances of
+different domains can coincide (``abc=abc;`` is a copy and a sort); the split hash is of the
+text as written, so such a string still sits in one split only.
+
 Splits: every instance is assigned to train or val by a stable hash of its exact text
 (``zlib.crc32(text) % 10 == 0`` -> val, see :func:`split_of`), independently of the seed, and
 each split's sequences are built only from instances assigned to it. So no instance string occurs
@@ -202,10 +207,11 @@ def _domain_rng(seed: int, domain: str) -> random.Random:
 
 
 def _generate_domain(
-    domain: str, seed: int, counts: dict[str, int], length: int
+    domain: str, seed: int, counts: dict[str, int], length: int, tags: bool = True
 ) -> dict[str, bytes]:
     """``counts[split]`` sequences of ``length`` bytes of ``domain``, each split's from its own
-    instances only. Returns split -> the sequences concatenated."""
+    instances only (``tags=False``: each instance without its 2-byte tag, hashed as written).
+    Returns split -> the sequences concatenated."""
     gen = GENERATORS[domain]
     rng = _domain_rng(seed, domain)
     done: dict[str, list[bytes]] = {s: [] for s in counts}
@@ -216,6 +222,8 @@ def _generate_domain(
     crc32 = zlib.crc32
     while todo:
         inst = gen(rng).encode("ascii")
+        if not tags:
+            inst = inst[2:]  # "c:hxq=hxq;" -> "hxq=hxq;"
         split = "val" if crc32(inst) % VAL_BUCKETS == 0 else "train"
         budget -= 1
         if budget <= 0:
@@ -275,6 +283,11 @@ class TaskCorpus(Corpus):
         shift_domains: int | None = Field(
             None, ge=1, description="how many of `domains` (the first ones) exist before the shift"
         )
+        tags: bool = Field(
+            True,
+            description="instances start with their domain's tag (`c:`); false: no tag, so a "
+            "router (or anyone) must tell the domain from the content",
+        )
 
         @check("shift_step", "shift_domains", "domains")
         def _shift(self) -> Problems:
@@ -306,7 +319,7 @@ class TaskCorpus(Corpus):
         pools = {s: np.empty((n, length), dtype=np.uint8) for s, n in sizes.items()}
         for d, name in enumerate(self.domains):
             counts = {s: int((doms[s] == d).sum()) for s in sizes}
-            out = _generate_domain(name, seed, counts, length)
+            out = _generate_domain(name, seed, counts, length, cfg.tags)
             for s in sizes:
                 pools[s][doms[s] == d] = np.frombuffer(out[s], dtype=np.uint8).reshape(-1, length)
         #: split -> ``uint8 [N, block_size + 1]`` sequences.
