@@ -48,6 +48,11 @@ from brainnet.registry import CORPORA, TOPOLOGIES
 # --------------------------------------------------------------------------- fixed sections
 
 
+def _corpora_where(has: Any) -> list[str]:
+    """The registered corpus kinds whose class passes ``has`` (for an error's "allowed")."""
+    return [n for n in CORPORA.names() if has(CORPORA.get(n))]
+
+
 class TrainConfig(Strict):
     steps: int = Field(300, ge=1, description="optimizer steps")
     batch_size: int = Field(16, ge=1, description="sequences per step (every module sees them)")
@@ -154,7 +159,7 @@ class Scenario(Strict):
         kind = self.corpus.kind
         n_fields = getattr(CORPORA.get(kind), "n_fields", 1) if kind in CORPORA else 1
         if n_fields <= 1:
-            with_fields = [n for n in CORPORA.names() if getattr(CORPORA.get(n), "n_fields", 1) > 1]
+            with_fields = _corpora_where(lambda c: getattr(c, "n_fields", 1) > 1)
             yield problem("views", self.views.model_dump(mode="json"),
                           f"corpus {kind!r} has no fields; allowed: a corpus with fields "
                           f"({', '.join(with_fields)})")  # fmt: skip
@@ -183,8 +188,7 @@ class Scenario(Strict):
                           "cannot go with distill.enabled (consolidation's losses are plain "
                           "means); allowed: 1 with distillation")  # fmt: skip
         if not getattr(CORPORA.get(kind), "has_answers", False):
-            with_answers = [n for n in CORPORA.names() if getattr(CORPORA.get(n), "has_answers",
-                                                                   False)]  # fmt: skip
+            with_answers = _corpora_where(lambda c: getattr(c, "has_answers", False))
             yield problem(("train", "answer_weight"), self.train.answer_weight,
                           f"corpus {kind!r} has no answer tokens; allowed: 1, or a corpus with "
                           f"answers ({', '.join(with_answers)})")  # fmt: skip
